@@ -1,0 +1,1 @@
+"""The presets: this folder is packaged as ``allllm.presets`` (one source for repo and wheel)."""

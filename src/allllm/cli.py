@@ -1,0 +1,290 @@
+"""The ``allllm`` command line: Typer verbs that parse options, call the library, print.
+
+Nothing here holds logic a Python caller would miss: every verb is a thin
+wrapper over a library function. Heavy modules (torch, transformers, the
+tokenizer backends) are imported inside the verbs so ``allllm --help`` stays
+fast. :func:`main` owns error handling: user errors are one line on stderr and
+exit 1, usage errors exit 2, Ctrl-C exits 130, tracebacks only with
+``--debug`` / ``ALLLLM_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from allllm import __version__
+
+# Options shared by the verbs -----------------------------------------------------------------
+
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option("--model", "-m", help="Config name: ./configs/NAME.json, else the preset NAME."),
+]
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", help="Path of a config file (instead of --model).", dir_okay=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+
+_state = {"debug": False}
+
+
+def _debug_enabled() -> bool:
+    return _state["debug"] or os.environ.get("ALLLLM_DEBUG", "") not in ("", "0", "false")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        print(f"allllm {__version__}")
+        raise typer.Exit()
+
+
+app = typer.Typer(
+    name="allllm",
+    help="Step-wise pre-training of decoder-only LLMs: tokenize new text, train only on what the "
+    "model has not seen, resume from any crash.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+config_app = typer.Typer(
+    help="List, show and create configs.", no_args_is_help=True, add_completion=False
+)
+tokenizer_app = typer.Typer(help="Train a tokenizer on your raw text.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(tokenizer_app, name="tokenizer")
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", help="Show the version and exit.", callback=_version_callback, is_eager=True),
+    ] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show full tracebacks on errors (or ALLLLM_DEBUG=1).")
+    ] = False,
+) -> None:
+    """allllm — step-wise pre-training of decoder-only LLMs."""
+    _state["debug"] = debug
+
+
+def _console(stderr: bool = False):  # -> rich.console.Console
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _print_json(data: object) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+# config ---------------------------------------------------------------------------------------
+
+
+@config_app.command("list")
+def config_list(as_json: JsonOpt = False) -> None:
+    """List local configs (./configs) and packaged presets.
+
+    Example: allllm config list
+    """
+    from allllm.config import count_parameters, format_count, iter_known_configs
+
+    rows = []
+    for source in iter_known_configs():
+        try:
+            cfg = source.load()
+        except Exception as exc:  # a broken local config is listed, not fatal
+            rows.append({"name": source.name, "source": source.describe(), "error": str(exc)})
+            continue
+        rows.append(
+            {
+                "name": source.name,
+                "source": source.kind,
+                "arch": cfg.model.arch,
+                "parameters": count_parameters(cfg.model),
+                "seq_len": cfg.data.seq_len,
+                "tokenizer": f"{cfg.tokenizer.backend}"
+                + (f":{cfg.tokenizer.path}" if cfg.tokenizer.path else ""),
+            }
+        )
+    if as_json:
+        _print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(title="configs", title_justify="left")
+    for col in ("name", "source", "arch", "params", "seq_len", "tokenizer"):
+        table.add_column(col, justify="right" if col in ("params", "seq_len") else "left")
+    for r in rows:
+        if "error" in r:
+            table.add_row(r["name"], r["source"], "[red]invalid[/red]", "", "", r["error"])
+        else:
+            table.add_row(
+                r["name"], r["source"], r["arch"], format_count(r["parameters"]),
+                str(r["seq_len"]), r["tokenizer"],
+            )
+    _console().print(table)
+
+
+@config_app.command("show")
+def config_show(model: ModelOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Show the resolved, validated config and its parameter count.
+
+    Example: allllm config show --model phi-2
+    """
+    from allllm.config import count_parameters, find_config, format_count
+
+    source = find_config(model, config)
+    cfg = source.load()
+    n_params = count_parameters(cfg.model)
+    if as_json:
+        _print_json({"source": source.describe(), "parameters": n_params, "config": cfg.to_json_dict()})
+        return
+    console = _console()
+    console.print(f"[bold]{cfg.name}[/bold]  ({source.describe()})")
+    console.print(
+        f"parameters: [bold]{format_count(n_params)}[/bold] ({n_params:,})  arch: {cfg.model.arch}"
+        f"  seq_len: {cfg.data.seq_len}  checkpoints: {cfg.checkpoint_path}"
+    )
+    console.print_json(json.dumps(cfg.to_json_dict()))
+
+
+@config_app.command("init")
+def config_init(
+    new: Annotated[str, typer.Argument(help="Name of the new config (configs/NEW.json).")],
+    from_: Annotated[str, typer.Option("--from", help="Preset or local config to copy.")] = "tiny",
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing configs/NEW.json.")] = False,
+) -> None:
+    """Create configs/NEW.json from a preset, with its own name and checkpoint dir.
+
+    Example: allllm config init my-phi --from phi-2
+    """
+    from allllm.config import init_config
+
+    path = init_config(new, from_, force=force)
+    _console().print(f"wrote {path} (from {from_}); edit it, then: allllm config show --model {new}")
+
+
+# tokenizer ------------------------------------------------------------------------------------
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    vocab_size: Annotated[
+        Optional[int], typer.Option("--vocab-size", min=16, help="Vocabulary size (default: model.vocab_size).")
+    ] = None,
+    kind: Annotated[
+        Optional[str],
+        typer.Option("--kind", help="bpe (HF byte-level BPE) or sentencepiece (default: from tokenizer.backend)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing tokenizer file.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a tokenizer on the config's raw text and write it to tokenizer.path.
+
+    Example: allllm tokenizer train --model my-model --vocab-size 32000 --kind bpe
+    """
+    from allllm.config import load_config
+    from allllm.tokenizer.training import train_tokenizer_from_config
+
+    if kind is not None and kind not in ("bpe", "sentencepiece"):
+        raise typer.BadParameter("must be 'bpe' or 'sentencepiece'", param_hint="--kind")
+    cfg = load_config(model, config)
+    result = train_tokenizer_from_config(
+        cfg, vocab_size=vocab_size, kind=kind, force=force, show_progress=not quiet
+    )
+    if not quiet:
+        _console().print(
+            f"wrote {result.path} ({result.kind}, {result.vocab_size} ids, trained on "
+            f"{result.documents} documents / {result.bytes_read / 1e6:.1f} MB)"
+        )
+
+
+# entry point ----------------------------------------------------------------------------------
+
+
+def _print_error(message: str) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+
+
+def _is_usage_error(exc: BaseException) -> bool:
+    """Click/Typer usage errors (bad option, missing argument, ...) across Typer versions."""
+    return (
+        not isinstance(exc, AllllmErrorType())
+        and hasattr(exc, "show")
+        and isinstance(getattr(exc, "exit_code", None), int)
+    )
+
+
+def AllllmErrorType() -> type:  # noqa: N802 - returns a class
+    from allllm.errors import AllllmError
+
+    return AllllmError
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; exits with DESIGN.md §9's codes."""
+    from allllm.errors import AllllmError
+
+    args = sys.argv[1:] if argv is None else argv
+    if "--debug" in args:
+        _state["debug"] = True
+    try:
+        app(args=args, prog_name="allllm", standalone_mode=False)
+    except typer.Exit as exc:
+        sys.exit(getattr(exc, "exit_code", 0))
+    except typer.Abort:
+        _print_error("interrupted")
+        sys.exit(130)
+    except AllllmError as exc:
+        if _debug_enabled():
+            import traceback
+
+            traceback.print_exc()
+        _print_error(exc.one_line())
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _print_error("interrupted")
+        sys.exit(130)
+    except BrokenPipeError:
+        # `allllm status --json | head`: the reader went away; that is not an error.
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        except OSError:
+            pass
+        sys.exit(0)
+    except OSError as exc:
+        if _debug_enabled():
+            raise
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        _print_error(f"{exc.strerror or exc}{where} — check the path and its permissions")
+        sys.exit(1)
+    except SystemExit:
+        raise
+    except Exception as exc:
+        if _is_usage_error(exc):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        if _debug_enabled():
+            raise
+        _print_error(
+            f"internal error: {type(exc).__name__}: {exc} — this is a bug in allllm; rerun with "
+            "--debug for the traceback and report it"
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,619 @@
+"""Run configuration: pydantic models for ``configs/<name>.json`` and their lookup.
+
+A config is checked completely before any compute is spent: unknown keys,
+wrong types, out-of-range values and cross-field rules (heads dividing the
+hidden size, seq_len within the position table, ...) are errors that name the
+file and the JSON path. ``model.arch`` fills the family defaults (phi or
+llama); keys given explicitly override them.
+
+The contract for every key is ``DESIGN.md`` §2; the lookup rules are §1.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from allllm.errors import ConfigError
+
+CONFIG_DIR = "configs"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+# Family defaults filled in by ``model.arch``; explicit keys override them.
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "phi": {
+        "norm": "layernorm",
+        "mlp": "gelu",
+        "activation": "gelu_tanh",
+        "parallel_residual": True,
+        "bias": True,
+        "lm_head_bias": True,
+        "partial_rotary_factor": 0.5,
+        "tie_word_embeddings": False,
+        "norm_eps": 1e-5,
+    },
+    "llama": {
+        "norm": "rmsnorm",
+        "mlp": "swiglu",
+        "activation": "silu",
+        "parallel_residual": False,
+        "bias": False,
+        "lm_head_bias": False,
+        "partial_rotary_factor": 1.0,
+        "tie_word_embeddings": False,
+        "norm_eps": 1e-5,
+    },
+}
+
+
+class _Strict(BaseModel):
+    """Base for every section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ModelConfig(_Strict):
+    """The architecture. Sizes are bounded so a typo cannot ask for a petabyte model."""
+
+    arch: Literal["phi", "llama"] = "phi"
+    vocab_size: int = Field(ge=2, le=2**31 - 1)
+    hidden_size: int = Field(ge=1, le=65536)
+    intermediate_size: int = Field(default=0, ge=0, le=1_048_576)
+    num_layers: int = Field(ge=1, le=1024)
+    num_heads: int = Field(ge=1, le=4096)
+    num_kv_heads: int = Field(default=0, ge=0, le=4096)
+    max_position_embeddings: int = Field(default=2048, ge=1, le=4_194_304)
+    rope_theta: float = Field(default=10000.0, gt=0)
+    partial_rotary_factor: float = Field(gt=0.0, le=1.0)
+    norm_eps: float = Field(gt=0.0, lt=1.0)
+    norm: Literal["layernorm", "rmsnorm"]
+    mlp: Literal["gelu", "swiglu"]
+    activation: Literal["gelu_tanh", "gelu", "silu", "relu"]
+    parallel_residual: bool
+    bias: bool
+    lm_head_bias: bool
+    qk_layernorm: bool = False
+    tie_word_embeddings: bool
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    init_from: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_family_defaults(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        arch = data.get("arch", "phi")
+        defaults = ARCH_DEFAULTS.get(arch) if isinstance(arch, str) else None
+        if defaults is None:
+            return data  # the Literal check reports the bad arch
+        filled = {**defaults, **data}
+        filled.setdefault("arch", arch)
+        return filled
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> ModelConfig:
+        if self.num_kv_heads == 0:
+            object.__setattr__(self, "num_kv_heads", self.num_heads)
+        if self.intermediate_size == 0:
+            object.__setattr__(self, "intermediate_size", default_intermediate_size(self))
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
+                " — choose num_heads that divides hidden_size"
+            )
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}"
+                " — num_kv_heads must divide num_heads (grouped-query attention)"
+            )
+        if self.rotary_dim < 2 or self.rotary_dim % 2:
+            raise ValueError(
+                f"rotary dims int(head_dim {self.head_dim} * partial_rotary_factor "
+                f"{self.partial_rotary_factor}) = {self.rotary_dim} must be even and at least 2"
+                " — adjust partial_rotary_factor"
+            )
+        if self.mlp == "swiglu" and self.activation not in ("silu", "gelu", "gelu_tanh"):
+            raise ValueError("swiglu needs a smooth gate activation: silu, gelu or gelu_tanh")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    def architecture(self) -> dict[str, Any]:
+        """The fields that fix the weight shapes and the function the model computes."""
+        data = self.model_dump()
+        for key in ("dropout", "init_from"):
+            data.pop(key)
+        return data
+
+
+def default_intermediate_size(model: ModelConfig) -> int:
+    """4x hidden for a plain MLP; for SwiGLU ~8/3x hidden rounded up to a multiple of 256."""
+    if model.mlp == "gelu":
+        return 4 * model.hidden_size
+    return 256 * math.ceil(8 * model.hidden_size / 3 / 256)
+
+
+class TokenizerConfig(_Strict):
+    """Which tokenizer makes the ids. The backend never adds special tokens itself."""
+
+    backend: Literal["hf", "sentencepiece", "tiktoken", "byte"] = "byte"
+    path: str | None = None
+    add_bos: bool = False
+    add_eos: bool = True
+    trust_remote_code: bool = False
+    pattern: str | None = None
+    special_tokens: dict[str, int] | None = None
+    bos_token: str | None = None
+    eos_token: str | None = None
+    pad_token: str | None = None
+
+    @model_validator(mode="after")
+    def _check_backend_fields(self) -> TokenizerConfig:
+        b = self.backend
+        if b == "byte":
+            if self.path:
+                raise ValueError("the byte tokenizer takes no path — remove tokenizer.path")
+        elif not self.path:
+            examples = {
+                "hf": '"microsoft/phi-2" or a local tokenizer.json / folder',
+                "sentencepiece": "a local .model file",
+                "tiktoken": '"cl100k_base" or a local .tiktoken file',
+            }
+            raise ValueError(f"backend {b!r} needs tokenizer.path ({examples[b]})")
+        if b != "tiktoken" and (self.pattern is not None or self.special_tokens is not None):
+            raise ValueError("pattern and special_tokens are only for the tiktoken backend")
+        if b == "tiktoken" and self.path and is_tiktoken_file(self.path):
+            if not self.pattern:
+                raise ValueError(
+                    "a .tiktoken ranks file needs tokenizer.pattern (the pre-tokenizer regex)"
+                )
+        if self.special_tokens:
+            for tok, idx in self.special_tokens.items():
+                if idx < 0:
+                    raise ValueError(f"special token {tok!r} has a negative id {idx}")
+        return self
+
+
+def is_tiktoken_file(path: str) -> bool:
+    """A tiktoken path names a ranks file (rather than an encoding name) if it looks like one."""
+    return path.endswith(".tiktoken") or "/" in path or "\\" in path or Path(path).is_file()
+
+
+class DataConfig(_Strict):
+    """Where raw text comes from, how documents are cut, and how shards are written."""
+
+    raw_path: str | list[str] = "data/raw"
+    dir: str = "data"
+    seq_len: int = Field(default=2048, ge=1, le=4_194_304)
+    formats: list[Literal["jsonl", "bin"]] = Field(default_factory=lambda: ["jsonl", "bin"])
+    document_boundary: Literal["file", "blank_line", "line"] = "file"
+    text_field: str = "text"
+    on_decode_error: Literal["error", "replace"] = "error"
+    pack_below_bytes: int = Field(default=1_000_000, ge=0)
+    val_fraction: float = Field(default=0.01, ge=0.0, le=0.5)
+    eval_shards: str | None = None
+
+    @field_validator("formats")
+    @classmethod
+    def _formats_nonempty_unique(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError('formats must name at least one of "jsonl", "bin"')
+        if len(set(v)) != len(v):
+            raise ValueError("formats lists a format twice")
+        return v
+
+    @field_validator("raw_path")
+    @classmethod
+    def _raw_path_nonempty(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and not v:
+            raise ValueError("raw_path is an empty list — name at least one file, folder or glob")
+        if isinstance(v, str) and not v.strip():
+            raise ValueError("raw_path is empty")
+        return v
+
+    @property
+    def raw_paths(self) -> list[str]:
+        return [self.raw_path] if isinstance(self.raw_path, str) else list(self.raw_path)
+
+
+_DURATION = re.compile(r"^\s*(?:(?P<h>\d+(?:\.\d+)?)h)?\s*(?:(?P<m>\d+(?:\.\d+)?)m)?\s*(?:(?P<s>\d+(?:\.\d+)?)s)?\s*$")
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds from ``3600``, ``"90m"``, ``"1h30m"``, ``"45s"`` or ``"01:30:00"``."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like '1h30m'")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text = value.strip()
+        if re.fullmatch(r"\d+(\.\d+)?", text):
+            seconds = float(text)
+        elif re.fullmatch(r"\d+:\d{1,2}(:\d{1,2})?", text):
+            parts = [int(p) for p in text.split(":")]
+            while len(parts) < 3:
+                parts.insert(0, 0)
+            seconds = float(parts[0] * 3600 + parts[1] * 60 + parts[2])
+        else:
+            m = _DURATION.match(text)
+            if not m or not any(m.groupdict().values()):
+                raise ValueError(
+                    f"cannot read duration {value!r} — use seconds (3600), '90m', '1h30m' or 'HH:MM:SS'"
+                )
+            seconds = sum(float(m[k] or 0) * f for k, f in (("h", 3600), ("m", 60), ("s", 1)))
+    if seconds <= 0:
+        raise ValueError("a duration must be positive")
+    return seconds
+
+
+class TrainConfig(_Strict):
+    """Optimisation, schedule, precision and checkpointing of ``allllm train``."""
+
+    micro_batch_size: int = Field(default=4, ge=1, le=65536)
+    batch_size: int = Field(default=32, ge=1, le=16_777_216)
+    epochs: int = Field(default=1, ge=1, le=100_000)
+    lr: float = Field(default=3e-4, gt=0.0, le=10.0)
+    min_lr: float = Field(default=3e-5, ge=0.0)
+    warmup_steps: int = Field(default=100, ge=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    schedule: Literal["cosine", "wsd", "constant"] = "cosine"
+    decay_fraction: float = Field(default=0.1, gt=0.0, le=1.0)
+    weight_decay: float = Field(default=0.1, ge=0.0)
+    grad_clip: float = Field(default=1.0, ge=0.0)
+    precision: Literal["auto", "bf16-mixed", "fp16-mixed", "fp32"] = "auto"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    fsdp: bool = False
+    seed: int = Field(default=1337, ge=0, le=2**63 - 1)
+    checkpoint_every: int = Field(default=500, ge=1)
+    keep_checkpoints: int = Field(default=3, ge=1)
+    eval_every: int = Field(default=500, ge=0)
+    replay_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    max_steps: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_time: float | None = None
+    tensorboard: bool = False
+    wandb: bool = False
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        for b in v:
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"each beta must be in [0, 1), got {b}")
+        return v
+
+    @field_validator("max_time", mode="before")
+    @classmethod
+    def _parse_max_time(cls, v: Any) -> Any:
+        return None if v is None else parse_duration(v)
+
+    @model_validator(mode="after")
+    def _check_batches(self) -> TrainConfig:
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"micro_batch_size {self.micro_batch_size} does not divide batch_size "
+                f"{self.batch_size} — batch_size is the global batch in rows and must be a "
+                "multiple of micro_batch_size"
+            )
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr {self.min_lr} is above lr {self.lr}")
+        return self
+
+
+class Config(_Strict):
+    """A whole run configuration (``configs/<name>.json``)."""
+
+    name: str | None = None
+    model: ModelConfig
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    checkpoint_dir: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str | None) -> str | None:
+        if v is not None and not NAME_PATTERN.match(v):
+            raise ValueError(
+                f"name {v!r} may only use letters, digits, '.', '_' and '-' (it becomes a "
+                "directory name)"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> Config:
+        if self.data.seq_len > self.model.max_position_embeddings:
+            raise ValueError(
+                f"data.seq_len {self.data.seq_len} exceeds model.max_position_embeddings "
+                f"{self.model.max_position_embeddings} — lower seq_len or raise the position table"
+            )
+        if self.checkpoint_dir is None and self.name is not None:
+            object.__setattr__(self, "checkpoint_dir", f"checkpoints/{self.name}")
+        return self
+
+    # -- derived values -------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return Path(self.checkpoint_dir or f"checkpoints/{self.name}")
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.data.dir)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The resolved config as plain JSON data (family defaults filled in)."""
+        return self.model_dump(mode="json")
+
+
+# -- analytic sizes ---------------------------------------------------------------------------
+
+
+def count_parameters(model: ModelConfig) -> int:
+    """The number of trainable parameters, computed from the config alone (no torch).
+
+    The model code counts its real parameters and a test checks the two agree.
+    """
+    h, v, i = model.hidden_size, model.vocab_size, model.intermediate_size
+    hd, kv = model.head_dim, model.num_kv_heads
+    b = 1 if model.bias else 0
+    norm_params = 2 * h if model.norm == "layernorm" else h
+    attn = h * h + b * h  # q
+    attn += 2 * (h * kv * hd + b * kv * hd)  # k, v
+    attn += h * h + b * h  # out
+    if model.qk_layernorm:
+        per = 2 * hd if model.norm == "layernorm" else hd
+        attn += 2 * per
+    if model.mlp == "gelu":
+        mlp = h * i + b * i + i * h + b * h
+    else:
+        mlp = 3 * h * i + b * (2 * i + h)
+    norms = norm_params if model.parallel_residual else 2 * norm_params
+    per_layer = attn + mlp + norms
+    total = v * h  # embedding
+    total += model.num_layers * per_layer
+    total += norm_params  # final norm
+    if not model.tie_word_embeddings:
+        total += v * h
+    if model.lm_head_bias:
+        total += v
+    return total
+
+
+def flops_per_token(model: ModelConfig, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward): 6N plus the attention term (PaLM appendix B)."""
+    n = count_parameters(model) - model.vocab_size * model.hidden_size  # embedding lookups are free
+    if model.tie_word_embeddings:
+        n += model.vocab_size * model.hidden_size  # ... but the tied head is a matmul
+    attn = 12 * model.num_layers * model.hidden_size * seq_len / 2  # causal: half the scores
+    return 6.0 * n + attn
+
+
+def format_count(n: float) -> str:
+    """1234567 -> '1.23M' (parameters, tokens)."""
+    for unit, scale in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
+# -- loading and lookup -----------------------------------------------------------------------
+
+
+def _json_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def describe_validation_error(exc: ValidationError, source: str) -> str:
+    """One line for the first error of a pydantic ValidationError: file, JSON path, what, fix."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    loc = tuple(x for x in first["loc"] if not (isinstance(x, str) and x.startswith("function-")))
+    path = _json_path(loc)
+    kind = first["type"]
+    msg = first["msg"].removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        msg = "unknown key — remove it or check its spelling (see the config table in README)"
+    elif kind == "missing":
+        msg = "required key is missing — add it"
+    elif kind == "literal_error":
+        msg = msg.replace("Input should be", "must be")
+    elif "input" in first and kind not in ("value_error",):
+        msg = f"{msg} (got {first['input']!r})"
+    more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+    return f"{source}: {path}: {msg}{more}"
+
+
+def parse_config(data: Any, source: str, default_name: str | None = None) -> Config:
+    """Validate already-parsed JSON data as a Config; errors name ``source`` and the JSON path."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the config must be a JSON object, got {type(data).__name__}")
+    if default_name is not None and "name" not in data:
+        data = {"name": default_name, **data}
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, source)) from None
+    if cfg.name is None:
+        raise ConfigError(f"{source}: name: required key is missing — add a name")
+    return cfg
+
+
+def read_json_file(path: Path) -> Any:
+    """Parse a JSON file; broken JSON is reported with its line and column."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
+            "fix the JSON syntax (no comments or trailing commas)",
+        ) from None
+
+
+def load_config_file(path: str | Path) -> Config:
+    """Load and validate a config file; ``name`` defaults to the file's stem."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, expected a config .json file")
+    data = read_json_file(path)
+    return parse_config(data, str(path), default_name=path.stem)
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """Where a config was found: a local file or a packaged preset."""
+
+    name: str
+    kind: Literal["local", "preset"]
+    path: Path | None  # local file
+    resource: str | None = None  # preset file name
+
+    def describe(self) -> str:
+        return str(self.path) if self.kind == "local" else f"preset {self.name}"
+
+    def load(self) -> Config:
+        if self.kind == "local":
+            assert self.path is not None
+            return load_config_file(self.path)
+        data = json.loads(_preset_text(self.name))
+        return parse_config(data, f"preset {self.name}", default_name=self.name)
+
+    def raw(self) -> dict[str, Any]:
+        if self.kind == "local":
+            assert self.path is not None
+            return read_json_file(self.path)
+        return json.loads(_preset_text(self.name))
+
+
+def _preset_files() -> dict[str, Any]:
+    from importlib import resources
+
+    root = resources.files("allllm.presets")
+    return {
+        entry.name.removesuffix(".json"): entry
+        for entry in root.iterdir()
+        if entry.name.endswith(".json")
+    }
+
+
+def _preset_text(name: str) -> str:
+    files = _preset_files()
+    if name not in files:
+        raise ConfigError(f"no preset named {name!r}")
+    return files[name].read_text(encoding="utf-8")
+
+
+def preset_names() -> list[str]:
+    """The presets shipped inside the package (sorted)."""
+    return sorted(_preset_files())
+
+
+def local_config_paths(root: Path | None = None) -> list[Path]:
+    """``./configs/*.json`` in the workspace (sorted)."""
+    folder = (root or Path.cwd()) / CONFIG_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.glob("*.json") if p.is_file())
+
+
+def find_config(model: str | None = None, config: str | Path | None = None) -> ConfigSource:
+    """Resolve ``--model NAME`` / ``--config PATH`` per DESIGN.md §1."""
+    if model and config:
+        raise ConfigError("give either --model or --config, not both")
+    if config:
+        path = Path(config)
+        if not path.exists():
+            raise ConfigError(f"{path}: config file not found", "check the --config path")
+        return ConfigSource(name=path.stem, kind="local", path=path)
+    if not model:
+        raise ConfigError(
+            "no model given", "pass --model NAME (see `allllm config list`) or --config PATH"
+        )
+    if not NAME_PATTERN.match(model):
+        raise ConfigError(
+            f"--model {model!r} is not a config name",
+            "use a name from `allllm config list`, or --config PATH for a file",
+        )
+    local = Path(CONFIG_DIR) / f"{model}.json"
+    if local.is_file():
+        return ConfigSource(name=model, kind="local", path=local)
+    if model in _preset_files():
+        return ConfigSource(name=model, kind="preset", path=None, resource=f"{model}.json")
+    known = sorted({p.stem for p in local_config_paths()} | set(preset_names()))
+    raise ConfigError(
+        f"no config named {model!r}: no {local} and no such preset",
+        f"known: {', '.join(known)}; create one with `allllm config init {model} --from tiny`",
+    )
+
+
+def load_config(model: str | None = None, config: str | Path | None = None) -> Config:
+    """Find and validate a config: the one call every verb starts with."""
+    return find_config(model, config).load()
+
+
+def iter_known_configs() -> Iterator[ConfigSource]:
+    """Local configs first, then presets not shadowed by a local file of the same name."""
+    seen: set[str] = set()
+    for path in local_config_paths():
+        seen.add(path.stem)
+        yield ConfigSource(name=path.stem, kind="local", path=path)
+    for name in preset_names():
+        if name not in seen:
+            yield ConfigSource(name=name, kind="preset", path=None, resource=f"{name}.json")
+
+
+def init_config(new_name: str, from_name: str, force: bool = False) -> Path:
+    """Write ``configs/NEW.json`` from a preset or local config, renamed for NEW.
+
+    ``name`` and ``checkpoint_dir`` are rewritten so two models never share a
+    checkpoint directory. An existing file is never overwritten unless ``force``.
+    """
+    if not NAME_PATTERN.match(new_name):
+        raise ConfigError(
+            f"{new_name!r} is not a valid config name",
+            "use letters, digits, '.', '_' and '-'",
+        )
+    source = find_config(model=from_name)
+    source.load()  # validate before copying
+    data = source.raw()
+    data["name"] = new_name
+    data["checkpoint_dir"] = f"checkpoints/{new_name}"
+    target = Path(CONFIG_DIR) / f"{new_name}.json"
+    if target.exists() and not force:
+        raise ConfigError(f"{target} already exists", "pick another name or pass --force")
+    parse_config(dict(data), str(target))  # the result must validate too
+    from allllm.fsutil import atomic_write_text
+
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(target, json.dumps(data, indent=2) + "\n")
+    except OSError as exc:
+        raise ConfigError(f"{target}: cannot write: {exc.strerror}") from None
+    return target

@@ -1,0 +1,271 @@
+"""The shard format (DESIGN.md §4): names, the meta record, ``shard_id`` and ``.bin`` dtype.
+
+This module is the contract between the writer (``allllm tokenize``) and the
+readers (registry, dataset, ``status``, ``train``). It holds no I/O policy
+beyond reading and writing one meta file, so both sides agree on every byte.
+
+A shard is the files sharing one stem ``<source>.cached.<seq_len>.<ts>[.<k>]``:
+
+- ``<stem>.jsonl``     one JSON array of ints a line (one row a line)
+- ``<stem>.bin``       the rows as a raw little-endian uint16/uint32 array, no header,
+                       the final row padded to ``seq_len`` with ``pad_id``
+- ``<stem>.meta.json`` written last; without it a shard is ``unverified``
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import re
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from allllm import __version__
+from allllm.errors import DataError
+from allllm.fsutil import atomic_write_text
+
+FORMAT_VERSION = 1
+META_SUFFIX = ".meta.json"
+DATA_SUFFIXES = {"jsonl": ".jsonl", "bin": ".bin"}
+STATE_DIR = ".allllm"  # data/.allllm: journal and caches, never user data
+INFLIGHT_DIR = f"{STATE_DIR}/inflight"  # one file per stem being written (the journal)
+CACHE_DIR = f"{STATE_DIR}/cache"  # e.g. line-offset indexes of .jsonl shards
+
+_NAME_RE = re.compile(
+    r"^(?P<stem>(?P<source>.+)\.cached\.(?P<seq_len>\d+)\.(?P<ts>\d{8}_\d{6})(?:\.(?P<k>\d+))?)"
+    r"(?P<suffix>\.jsonl|\.bin|\.meta\.json)$"
+)
+
+
+@dataclass(frozen=True)
+class ShardName:
+    """A parsed shard file name."""
+
+    stem: str
+    source: str
+    seq_len: int
+    timestamp: str
+    role: Literal["jsonl", "bin", "meta"]
+
+
+def parse_shard_name(filename: str) -> ShardName | None:
+    """Parse ``x.cached.2048.20240701_101512[.k].{jsonl,bin,meta.json}``; None if not a shard file."""
+    m = _NAME_RE.match(filename)
+    if not m:
+        return None
+    suffix = m["suffix"]
+    role: Literal["jsonl", "bin", "meta"] = (
+        "meta" if suffix == META_SUFFIX else ("jsonl" if suffix == ".jsonl" else "bin")
+    )
+    return ShardName(m["stem"], m["source"], int(m["seq_len"]), m["ts"], role)
+
+
+def utc_timestamp(now: _dt.datetime | None = None) -> str:
+    """UTC ``YYYYmmdd_HHMMSS`` for shard names."""
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    return now.astimezone(_dt.timezone.utc).strftime("%Y%m%d_%H%M%S")
+
+
+def utc_iso(now: _dt.datetime | None = None) -> str:
+    """UTC ISO-8601 with a ``Z`` (meta ``created``, seen records ``completed``)."""
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    return now.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def shard_stem(source_stem: str, seq_len: int, timestamp: str) -> str:
+    return f"{source_stem}.cached.{seq_len}.{timestamp}"
+
+
+def stem_taken(data_dir: Path, stem: str) -> bool:
+    """True if any file of ``stem`` exists (data, meta, or a temporary of the writer)."""
+    if any((data_dir / f"{stem}{s}").exists() for s in (*DATA_SUFFIXES.values(), META_SUFFIX)):
+        return True
+    return (data_dir / INFLIGHT_DIR / stem).exists()
+
+
+def unique_stem(data_dir: Path, source_stem: str, seq_len: int, timestamp: str) -> str:
+    """A stem no file uses yet: a name that exists gets a ``.<k>`` suffix (never overwrite)."""
+    base = shard_stem(source_stem, seq_len, timestamp)
+    if not stem_taken(data_dir, base):
+        return base
+    k = 1
+    while stem_taken(data_dir, f"{base}.{k}"):
+        k += 1
+    return f"{base}.{k}"
+
+
+def shard_file(data_dir: Path, stem: str, role: str) -> Path:
+    """The path of one role (``jsonl``, ``bin``, ``meta``) of a shard."""
+    suffix = META_SUFFIX if role == "meta" else DATA_SUFFIXES[role]
+    return data_dir / f"{stem}{suffix}"
+
+
+# -- dtype and ids --------------------------------------------------------------------------------
+
+
+def bin_dtype_for(id_range: int) -> Literal["uint16", "uint32"]:
+    """``.bin`` dtype from the tokenizer's id range (decided by the tokenizer, not the content)."""
+    return "uint16" if id_range <= 2**16 else "uint32"
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """Little-endian numpy dtype of a meta ``dtype`` name."""
+    if name not in ("uint16", "uint32"):
+        raise DataError(f"unknown shard dtype {name!r} (expected uint16 or uint32)")
+    return np.dtype("<u2" if name == "uint16" else "<u4")
+
+
+class ShardIdHasher:
+    """Streaming ``shard_id``: sha256 of the unpadded token stream as uint32 LE, then seq_len.
+
+    Exactly: ``sha256(ids.astype('<u4').tobytes() ... || b"allllm-shard-v1" || uint64le(seq_len))``.
+    Only ids stored in rows count (BOS/EOS included, ``.bin`` padding excluded),
+    so renaming, re-encoding as jsonl/bin or a different dtype never changes it.
+    """
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+
+    def update(self, ids: np.ndarray | Iterable[int]) -> None:
+        arr = np.asarray(ids)
+        if arr.dtype != np.dtype("<u4"):
+            arr = arr.astype("<u4")
+        self._h.update(arr.tobytes())
+
+    def hexdigest(self, seq_len: int) -> str:
+        h = self._h.copy()
+        h.update(b"allllm-shard-v1")
+        h.update(struct.pack("<Q", seq_len))
+        return h.hexdigest()
+
+
+def compute_shard_id(rows: Iterable[np.ndarray | list[int]], seq_len: int) -> str:
+    """``shard_id`` of a sequence of (unpadded) rows."""
+    h = ShardIdHasher()
+    for row in rows:
+        h.update(row)
+    return h.hexdigest(seq_len)
+
+
+# -- meta -----------------------------------------------------------------------------------------
+
+
+class _MetaModel(BaseModel):
+    # Extra keys are kept (a newer writer may add fields) but every known field is checked.
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+
+class TokenizerInfo(_MetaModel):
+    backend: str
+    path: str | None
+    fingerprint: str
+    vocab_size: int = Field(ge=1)
+    bos_id: int | None
+    eos_id: int | None
+    pad_id: int | None
+
+
+class SourceInfo(_MetaModel):
+    path: str
+    size: int = Field(ge=0)
+    sha256: str
+    byte_range: tuple[int, int]
+
+
+class FileInfo(_MetaModel):
+    name: str
+    sha256: str
+    size: int = Field(ge=0)
+
+
+class ShardMeta(_MetaModel):
+    """``<stem>.meta.json``: every field of DESIGN.md §4 plus the tokenize settings."""
+
+    format_version: int
+    shard_id: str
+    seq_len: int = Field(ge=1)
+    dtype: Literal["uint16", "uint32"]
+    n_rows: int = Field(ge=0)
+    n_tokens: int = Field(ge=0)
+    last_row_len: int = Field(ge=0)
+    max_id: int = Field(ge=-1)  # -1 for a shard without tokens
+    tokenizer: TokenizerInfo
+    document_boundary: str
+    sources: list[SourceInfo]
+    files: dict[str, FileInfo]
+    created: str
+    allllm_version: str = __version__
+    # Settings that decide the ids besides the tokenizer (used by "up to date" checks).
+    add_bos: bool = False
+    add_eos: bool = True
+    text_field: str | None = None
+    n_documents: int = Field(default=0, ge=0)
+
+    def row_len(self, row: int) -> int:
+        """Valid ids in ``row`` (only the final row may be short)."""
+        return self.last_row_len if row == self.n_rows - 1 else self.seq_len
+
+    def expected_bin_size(self) -> int:
+        return self.n_rows * self.seq_len * numpy_dtype(self.dtype).itemsize
+
+    def check_consistent(self) -> str | None:
+        """A reason the meta contradicts itself, or None."""
+        if self.format_version > FORMAT_VERSION:
+            return f"format_version {self.format_version} is newer than this allllm supports"
+        if self.n_rows == 0:
+            if self.n_tokens or self.last_row_len:
+                return "meta counts tokens but no rows"
+            return None
+        if not 1 <= self.last_row_len <= self.seq_len:
+            return f"last_row_len {self.last_row_len} outside 1..{self.seq_len}"
+        if self.n_tokens != (self.n_rows - 1) * self.seq_len + self.last_row_len:
+            return "n_tokens does not match n_rows, seq_len and last_row_len"
+        if not self.files:
+            return "meta lists no data files"
+        unknown = set(self.files) - set(DATA_SUFFIXES)
+        if unknown:
+            return f"meta lists unknown file roles {sorted(unknown)}"
+        return None
+
+
+def read_meta(path: Path) -> ShardMeta:
+    """Read and validate one meta file; any problem is a :class:`DataError` naming the file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: meta file not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read meta: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: meta is not valid JSON (line {exc.lineno}, column {exc.colno})") from None
+    try:
+        return ShardMeta.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        where = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        raise DataError(f"{path}: meta field {where}: {err['msg']}") from None
+
+
+def write_meta(path: Path, meta: ShardMeta) -> None:
+    """Write a meta file atomically (temp, fsync, rename)."""
+    atomic_write_text(path, json.dumps(meta.model_dump(mode="json"), indent=2) + "\n")
+
+
+def meta_to_dict(meta: ShardMeta) -> dict[str, Any]:
+    return meta.model_dump(mode="json")
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """sha256 of a file read in bounded chunks."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

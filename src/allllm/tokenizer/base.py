@@ -1,0 +1,119 @@
+"""The interface every tokenizer backend implements.
+
+allllm adds BOS/EOS itself (DESIGN.md §3), so a backend only maps text to ids
+and back: it never adds special tokens, and text that merely looks like a
+special token (``<|endoftext|>``) is encoded as ordinary text.
+
+``cut_rule`` tells the tokenize pipeline where a long document may be cut for
+parallel encoding without changing a single id; a backend that cannot prove
+any cut safe returns None and its documents are encoded whole.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+
+class CutRule(ABC):
+    """Where a text can be split so that encode(a) + encode(b) == encode(a + b)."""
+
+    name: str = "cut-rule"
+
+    @abstractmethod
+    def last_cut(self, text: str, lo: int, hi: int) -> int:
+        """The largest safe cut position ``p`` with ``lo < p <= hi``, or -1 if there is none.
+
+        Cutting at ``p`` means encoding ``text[:p]`` and ``text[p:]`` separately.
+        """
+
+
+class NewlineLetterCut(CutRule):
+    """Cut between ``\\n`` and an ASCII letter, when the character before ``\\n`` is not whitespace.
+
+    Safe for regex pre-tokenizers of the GPT-2 / cl100k / o200k / Llama-3
+    families followed by byte-level BPE: every one of them ends a piece at such
+    a newline and starts a new one at the letter, whatever surrounds them.
+    (Requiring non-whitespace before the newline matters for GPT-2's
+    ``\\s+(?!\\S)``, which splits runs of whitespace differently at the end of a
+    string.)
+    """
+
+    name = "newline-letter"
+
+    def last_cut(self, text: str, lo: int, hi: int) -> int:
+        hi = min(hi, len(text) - 1)
+        while True:
+            nl = text.rfind("\n", lo, hi)
+            if nl < 0:
+                return -1
+            after, before = text[nl + 1], text[nl - 1] if nl else " "
+            if after.isascii() and after.isalpha() and not before.isspace():
+                return nl + 1
+            hi = nl
+
+
+class TokenizerBackend(ABC):
+    """One tokenizer library behind allllm's interface. Instances are thread-safe for encoding."""
+
+    #: registry name (``tokenizer.backend`` in the config)
+    backend: str = ""
+
+    @property
+    @abstractmethod
+    def path(self) -> str | None:
+        """The config's ``tokenizer.path`` (None for the byte tokenizer)."""
+
+    @abstractmethod
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Ids of each text, no special tokens added, using the backend's parallel batch API."""
+
+    def encode(self, text: str) -> list[int]:
+        return self.encode_batch([text])[0]
+
+    @abstractmethod
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ``ids`` (special tokens dropped)."""
+
+    @property
+    @abstractmethod
+    def vocab_size(self) -> int:
+        """The id range: every id this tokenizer can produce is below it (special tokens included)."""
+
+    @property
+    @abstractmethod
+    def bos_id(self) -> int | None: ...
+
+    @property
+    @abstractmethod
+    def eos_id(self) -> int | None: ...
+
+    @property
+    @abstractmethod
+    def pad_id(self) -> int | None: ...
+
+    @property
+    @abstractmethod
+    def fingerprint(self) -> str:
+        """sha256 hex of everything that decides the ids; equal across processes and machines."""
+
+    @property
+    def cut_rule(self) -> CutRule | None:
+        """Where long documents may be cut for parallel encoding (None: never cut)."""
+        return None
+
+    def set_num_threads(self, n: int) -> None:  # noqa: B027 - optional hook
+        """Threads the backend may use in ``encode_batch`` (default: all cores)."""
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "path": self.path,
+            "vocab_size": self.vocab_size,
+            "bos_id": self.bos_id,
+            "eos_id": self.eos_id,
+            "pad_id": self.pad_id,
+            "fingerprint": self.fingerprint,
+            "cut_rule": self.cut_rule.name if self.cut_rule else None,
+        }

@@ -207,6 +207,9 @@ class ShardMeta(_MetaModel):
     add_eos: bool = True
     text_field: str | None = None
     n_documents: int = Field(default=0, ge=0)
+    # shard_ids this shard replaces (their source changed other than by appending): they become
+    # `superseded` and are never trained unless already seen.
+    supersedes: list[str] = Field(default_factory=list)
 
     def row_len(self, row: int) -> int:
         """Valid ids in ``row`` (only the final row may be short)."""

@@ -14,21 +14,24 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from allllm import __version__
+from allllm.errors import AllllmError
 
 # Options shared by the verbs -----------------------------------------------------------------
 
 ModelOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--model", "-m", help="Config name: ./configs/NAME.json, else the preset NAME."),
 ]
 ConfigOpt = Annotated[
-    Optional[Path],
-    typer.Option("--config", "-c", help="Path of a config file (instead of --model).", dir_okay=False),
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="Path of a config file (instead of --model).", dir_okay=False
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
@@ -67,7 +70,12 @@ app.add_typer(tokenizer_app, name="tokenizer")
 def _root(
     version: Annotated[
         bool,
-        typer.Option("--version", help="Show the version and exit.", callback=_version_callback, is_eager=True),
+        typer.Option(
+            "--version",
+            help="Show the version and exit.",
+            callback=_version_callback,
+            is_eager=True,
+        ),
     ] = False,
     debug: Annotated[
         bool, typer.Option("--debug", help="Show full tracebacks on errors (or ALLLLM_DEBUG=1).")
@@ -129,8 +137,12 @@ def config_list(as_json: JsonOpt = False) -> None:
             table.add_row(r["name"], r["source"], "[red]invalid[/red]", "", "", r["error"])
         else:
             table.add_row(
-                r["name"], r["source"], r["arch"], format_count(r["parameters"]),
-                str(r["seq_len"]), r["tokenizer"],
+                r["name"],
+                r["source"],
+                r["arch"],
+                format_count(r["parameters"]),
+                str(r["seq_len"]),
+                r["tokenizer"],
             )
     _console().print(table)
 
@@ -147,7 +159,9 @@ def config_show(model: ModelOpt = None, config: ConfigOpt = None, as_json: JsonO
     cfg = source.load()
     n_params = count_parameters(cfg.model)
     if as_json:
-        _print_json({"source": source.describe(), "parameters": n_params, "config": cfg.to_json_dict()})
+        _print_json(
+            {"source": source.describe(), "parameters": n_params, "config": cfg.to_json_dict()}
+        )
         return
     console = _console()
     console.print(f"[bold]{cfg.name}[/bold]  ({source.describe()})")
@@ -162,7 +176,9 @@ def config_show(model: ModelOpt = None, config: ConfigOpt = None, as_json: JsonO
 def config_init(
     new: Annotated[str, typer.Argument(help="Name of the new config (configs/NEW.json).")],
     from_: Annotated[str, typer.Option("--from", help="Preset or local config to copy.")] = "tiny",
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing configs/NEW.json.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing configs/NEW.json.")
+    ] = False,
 ) -> None:
     """Create configs/NEW.json from a preset, with its own name and checkpoint dir.
 
@@ -171,7 +187,9 @@ def config_init(
     from allllm.config import init_config
 
     path = init_config(new, from_, force=force)
-    _console().print(f"wrote {path} (from {from_}); edit it, then: allllm config show --model {new}")
+    _console().print(
+        f"wrote {path} (from {from_}); edit it, then: allllm config show --model {new}"
+    )
 
 
 # tokenizer ------------------------------------------------------------------------------------
@@ -182,13 +200,19 @@ def tokenizer_train(
     model: ModelOpt = None,
     config: ConfigOpt = None,
     vocab_size: Annotated[
-        Optional[int], typer.Option("--vocab-size", min=16, help="Vocabulary size (default: model.vocab_size).")
+        int | None,
+        typer.Option("--vocab-size", min=16, help="Vocabulary size (default: model.vocab_size)."),
     ] = None,
     kind: Annotated[
-        Optional[str],
-        typer.Option("--kind", help="bpe (HF byte-level BPE) or sentencepiece (default: from tokenizer.backend)."),
+        str | None,
+        typer.Option(
+            "--kind",
+            help="bpe (HF byte-level BPE) or sentencepiece (default: from tokenizer.backend).",
+        ),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing tokenizer file.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing tokenizer file.")
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train a tokenizer on the config's raw text and write it to tokenizer.path.
@@ -222,22 +246,14 @@ def _print_error(message: str) -> None:
 def _is_usage_error(exc: BaseException) -> bool:
     """Click/Typer usage errors (bad option, missing argument, ...) across Typer versions."""
     return (
-        not isinstance(exc, AllllmErrorType())
+        not isinstance(exc, AllllmError)
         and hasattr(exc, "show")
         and isinstance(getattr(exc, "exit_code", None), int)
     )
 
 
-def AllllmErrorType() -> type:  # noqa: N802 - returns a class
-    from allllm.errors import AllllmError
-
-    return AllllmError
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; exits with DESIGN.md §9's codes."""
-    from allllm.errors import AllllmError
-
     args = sys.argv[1:] if argv is None else argv
     if "--debug" in args:
         _state["debug"] = True

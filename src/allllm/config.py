@@ -175,11 +175,10 @@ class TokenizerConfig(_Strict):
             raise ValueError(f"backend {b!r} needs tokenizer.path ({examples[b]})")
         if b != "tiktoken" and (self.pattern is not None or self.special_tokens is not None):
             raise ValueError("pattern and special_tokens are only for the tiktoken backend")
-        if b == "tiktoken" and self.path and is_tiktoken_file(self.path):
-            if not self.pattern:
-                raise ValueError(
-                    "a .tiktoken ranks file needs tokenizer.pattern (the pre-tokenizer regex)"
-                )
+        if b == "tiktoken" and self.path and is_tiktoken_file(self.path) and not self.pattern:
+            raise ValueError(
+                "a .tiktoken ranks file needs tokenizer.pattern (the pre-tokenizer regex)"
+            )
         if self.special_tokens:
             for tok, idx in self.special_tokens.items():
                 if idx < 0:
@@ -229,7 +228,9 @@ class DataConfig(_Strict):
         return [self.raw_path] if isinstance(self.raw_path, str) else list(self.raw_path)
 
 
-_DURATION = re.compile(r"^\s*(?:(?P<h>\d+(?:\.\d+)?)h)?\s*(?:(?P<m>\d+(?:\.\d+)?)m)?\s*(?:(?P<s>\d+(?:\.\d+)?)s)?\s*$")
+_DURATION = re.compile(
+    r"^\s*(?:(?P<h>\d+(?:\.\d+)?)h)?\s*(?:(?P<m>\d+(?:\.\d+)?)m)?\s*(?:(?P<s>\d+(?:\.\d+)?)s)?\s*$"
+)
 
 
 def parse_duration(value: str | float | int) -> float:

@@ -247,7 +247,9 @@ def read_meta(path: Path) -> ShardMeta:
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read meta: {exc}") from None
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: meta is not valid JSON (line {exc.lineno}, column {exc.colno})") from None
+        raise DataError(
+            f"{path}: meta is not valid JSON (line {exc.lineno}, column {exc.colno})"
+        ) from None
     try:
         return ShardMeta.model_validate(data)
     except ValidationError as exc:

@@ -235,6 +235,69 @@ def tokenizer_train(
         )
 
 
+# tokenize -------------------------------------------------------------------------------------
+
+
+@app.command("tokenize")
+def tokenize_cmd(
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    input_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input", "-i", help="Raw file, folder or glob (repeatable); overrides data.raw_path."
+        ),
+    ] = None,
+    bin_: Annotated[
+        bool, typer.Option("--bin", help="Also write the memory-mapped .bin format.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Redo sources that are already up to date.")
+    ] = False,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="Encoder threads (default: all cores).")
+    ] = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Tokenize raw text into cached shards in data.dir (only what is new or changed).
+
+    Example: allllm tokenize --model tiny --input data/raw
+    """
+    from allllm.config import load_config
+    from allllm.data.tokenize import tokenize
+
+    cfg = load_config(model, config)
+    console = _console()
+    err_console = _console(stderr=True)
+    show = not (quiet or as_json)
+    progress = None
+    if show:
+        from allllm.tokenize_view import RichTokenizeProgress
+
+        progress = RichTokenizeProgress(err_console)
+
+    def warn(message: str) -> None:
+        if not quiet:
+            err_console.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
+
+    summary = tokenize(
+        cfg,
+        inputs=input_ or None,
+        force=force,
+        extra_formats=["bin"] if bin_ else None,
+        progress=progress,
+        warn=warn,
+        num_threads=threads,
+    )
+    if as_json:
+        _print_json(summary.to_dict())
+    elif show:
+        from allllm.tokenize_view import render_summary
+
+        render_summary(summary, console)
+
+
 # entry point ----------------------------------------------------------------------------------
 
 

@@ -139,6 +139,10 @@ class ShardWriter:
         self.n_rows += rows.shape[0]
         self.n_tokens += rows.size
 
+    def has_pending(self) -> bool:
+        """True while ids wait for the final (short) row."""
+        return bool(self._pending.size)
+
     # -- completion -------------------------------------------------------------------------------
     def finish(self, **meta_fields: Any) -> ShardMeta:
         """Flush the final (possibly short) row, rename data files, then write the meta last.

@@ -298,6 +298,46 @@ def tokenize_cmd(
         render_summary(summary, console)
 
 
+# status ---------------------------------------------------------------------------------------
+
+
+@app.command("status")
+def status_cmd(
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Also check every shard's sha256 digests.")
+    ] = False,
+    trust_unverified: Annotated[
+        bool,
+        typer.Option("--trust-unverified", help="Validate shards without meta by reading them."),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the shards of data.dir: new, seen (at which step), invalid (why), ...
+
+    Example: allllm status --model tiny --json
+    """
+    from allllm.config import load_config
+    from allllm.status import build_status
+
+    cfg = load_config(model, config)
+    report = build_status(
+        cfg, verify=verify, trust_unverified=trust_unverified, checkpoint=_checkpoint_summary(cfg)
+    )
+    if as_json:
+        _print_json(report)
+        return
+    from allllm.status_view import render_status
+
+    render_status(report, _console())
+
+
+def _checkpoint_summary(cfg: object) -> dict | None:
+    """The latest checkpoint for `status` (None until `allllm train` has saved one)."""
+    return None
+
+
 # entry point ----------------------------------------------------------------------------------
 
 

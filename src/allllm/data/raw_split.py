@@ -1,0 +1,626 @@
+"""Split one raw source into document pieces with exact byte offsets: the streaming core.
+
+Bytes first, decoding second: ``\\n`` never occurs inside a UTF-8 multi-byte
+character, so lines and blank-line separators are found in the raw bytes.
+Every offset is therefore exact (also where ``on_decode_error="replace"`` turns
+bad bytes into U+FFFD and changes the text's length), and every piece's bytes
+decode on their own, so a character split across read blocks never breaks.
+
+Memory is bounded by ``chunk_bytes`` whatever the input: a line with no end in
+sight is emitted in parts, and a whitespace-only run whose fate is still open
+(the start of a document, or a line that may yet turn out blank) is kept only
+up to a few chunks and read again from the file if it turns out to be text.
+
+Byte ranges: when a range holds at least one document, the pieces' ranges tile
+it exactly — each piece starts where the one before it ends, the first at the
+range's start (a dropped BOM included), the last at the range's end. Bytes
+that give no text (skipped blank lines and whitespace-only documents) belong to
+the document after them; those after the last document belong to the last.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from itertools import accumulate, compress
+from operator import add
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from allllm.errors import DataError
+
+BOM = b"\xef\xbb\xbf"
+DECODE_HINT = 'set data.on_decode_error to "replace" or fix the file'
+TENTATIVE_CHUNKS = 4  # a whitespace run of open fate is kept in memory up to this many chunks
+
+# Every character that str.isspace() accepts except "\n", as UTF-8 bytes (a test checks the list
+# against all code points), so a "blank line" is the same thing in the byte scan and in str.
+WS_BYTES = (
+    rb"(?:[\t\x0b\x0c\r \x1c-\x1f]|\xc2[\x85\xa0]|\xe1\x9a\x80"
+    rb"|\xe2\x80[\x80-\x8a\xa8\xa9\xaf]|\xe2\x81\x9f|\xe3\x80\x80)"
+)
+_BLANK_LINES = re.compile(rb"(?:" + WS_BYTES + rb"*\n)+")  # blank lines, from a line start
+_PARA_END = re.compile(rb"\n(?:" + WS_BYTES + rb"*\n)+")  # a line end, then blank lines
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+@dataclass(frozen=True)
+class PieceBatch:
+    """Consecutive pieces of one source as parallel lists: the fast path for bulk consumers.
+
+    Piece ``i`` is ``texts[i]`` over bytes ``[ends[i-1], ends[i])`` (the first from
+    ``start``); ``doc_starts[i]`` says it is the first piece of its document. A piece
+    is the last of its document when the next piece starts one, or, for the batch's
+    last piece, when the batch is not ``open`` (its document goes on in the next
+    batch). ``read_bytes`` is how far the file on disk has been read (compressed bytes
+    for ``.gz``), for progress bars over ``RawSource.size``.
+    """
+
+    texts: list[str]
+    ends: list[int]
+    doc_starts: list[bool]
+    start: int
+    open: bool
+    read_bytes: int
+
+    @property
+    def end(self) -> int:
+        return self.ends[-1]
+
+
+class _Reader:
+    """The byte stream of a source (decompressed for ``.gz``) from ``start`` up to ``end``."""
+
+    def __init__(self, path: Path, display: str, compressed: bool, start: int, end: int | None):
+        self.display = display
+        self.compressed = compressed
+        self.pos = start
+        self.end = end
+        try:
+            self._raw: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by close()
+        except OSError as exc:
+            raise DataError(
+                f"{display}: cannot read: {exc.strerror}", "check that it exists and is readable"
+            ) from None
+        self._f: BinaryIO = gzip.GzipFile(fileobj=self._raw, mode="rb") if compressed else self._raw
+        try:
+            if start and not compressed:
+                self._raw.seek(start)
+            elif start:  # only re-reads inside this module skip into a .gz
+                skipped = 0
+                while skipped < start:
+                    got = len(self._read(min(1 << 20, start - skipped)))
+                    if not got:
+                        break
+                    skipped += got
+        except BaseException:
+            self.close()
+            raise
+
+    def _read(self, n: int) -> bytes:
+        try:
+            return self._f.read(n)
+        except (OSError, EOFError, zlib.error) as exc:
+            if self.compressed:
+                raise DataError(
+                    f"{self.display}: broken gzip data after {self.pos} decompressed bytes ({exc})",
+                    "re-create the .gz file (`gzip -t FILE` tests one)",
+                ) from None
+            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+            raise DataError(f"{self.display}: cannot read at byte {self.pos}: {reason}") from None
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes; ``b""`` at the end of the range."""
+        if self.end is not None:
+            n = min(n, self.end - self.pos)
+            if n <= 0:
+                return b""
+        data = self._read(n)
+        if not data and self.end is not None:
+            raise DataError(
+                f"{self.display}: ends at byte {self.pos}, before byte {self.end} — it was "
+                "truncated or replaced while being read",
+                "run again",
+            )
+        self.pos += len(data)
+        return data
+
+    def read_head(self, n: int) -> bytes:
+        head = b""
+        while len(head) < n:
+            more = self.read(n - len(head))
+            if not more:
+                break
+            head += more
+        return head
+
+    @property
+    def disk_pos(self) -> int:
+        return self._raw.tell()
+
+    def close(self) -> None:
+        if self._f is not self._raw:
+            self._f.close()
+        self._raw.close()
+
+
+def make_decoder(
+    display: str, on_decode_error: str, compressed: bool
+) -> Callable[[bytes, int], str]:
+    """``decode(data, at)``: UTF-8 text of ``data``, which starts at byte ``at`` of the stream."""
+    if on_decode_error == "replace":
+        return lambda data, at: data.decode("utf-8", "replace")
+    where = " of the decompressed text" if compressed else ""
+
+    def decode(data: bytes, at: int) -> str:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"{display}: invalid UTF-8 at byte offset {at + exc.start}{where} "
+                f"(0x{data[exc.start]:02x})",
+                DECODE_HINT,
+            ) from None
+
+    return decode
+
+
+def tail_cut(data: bytes) -> int:
+    """Length of the longest prefix of ``data`` that does not end inside a character.
+
+    A trailing lead byte whose continuation bytes have not arrived yet is held back.
+    """
+    n = len(data)
+    for i in range(n - 1, max(n - 4, -1), -1):
+        b = data[i]
+        if b < 0x80:
+            return n
+        if b >= 0xC0:
+            need = 2 if b < 0xE0 else 3 if b < 0xF0 else 4
+            return i if n - i < need else n
+    return n  # only continuation bytes: not a character anyway
+
+
+def split_cut(data: bytes, lo: int, cut: int) -> int:
+    """A cut near ``cut`` (``lo < cut < len(data)``) that splits no character.
+
+    Moves back to the start of the character (at most 3 bytes), or forward past it
+    when going back would leave nothing after ``lo``. Cutting before any byte that is
+    not a continuation byte decodes exactly like the whole, also for invalid bytes.
+    """
+    for c in range(cut, max(cut - 4, lo), -1):
+        if data[c] & 0xC0 != 0x80:
+            return c
+    for c in range(cut + 1, min(cut + 4, len(data)) + 1):
+        if c == len(data) or data[c] & 0xC0 != 0x80:
+            return c
+    return cut
+
+
+def _blocks(reader: _Reader, size: int, head: bytes = b"") -> Iterator[bytes]:
+    """``head`` (if any), then blocks of up to ``size`` bytes to the end of the range."""
+    if head:
+        yield head
+    while block := reader.read(size):
+        yield block
+
+
+def _char_blocks(
+    reader: _Reader, size: int, at: int, head: bytes = b""
+) -> Iterator[tuple[int, bytes]]:
+    """``(offset, bytes)`` blocks of about ``size`` bytes that never end inside a character."""
+    carry = b""
+    for block in _blocks(reader, size, head):
+        data = carry + block if carry else block
+        cut = tail_cut(data)
+        if cut:
+            yield at, (data if cut == len(data) else data[:cut])
+            at += cut
+        carry = data[cut:]
+    if carry:
+        yield at, carry
+
+
+class _Builder:
+    """Collects the pieces of the next batch.
+
+    The open document's latest piece is ``held`` back until it is known whether it is
+    the document's last; the newest finished piece stays back too (``flush`` keeps it)
+    so the very last piece of the range can still be stretched to the range's end. A
+    whitespace-only run that may or may not belong to a document is ``tentative``.
+    """
+
+    def __init__(
+        self, start: int, cap: int, reread: Callable[[int, int], Iterable[tuple[str, int]]]
+    ):
+        self.texts: list[str] = []
+        self.ends: list[int] = []
+        self.firsts: list[bool] = []  # the piece starts its document
+        self.batch_start = start
+        self.covered = start  # end of the newest piece
+        self.held: str | None = None
+        self.held_end = 0
+        self.held_first = True
+        self.tent: list[tuple[str, int]] | None = None
+        self.tent_prefix = ""
+        self.tent_start = self.tent_end = self.tent_size = 0
+        self.tent_over = False  # too big to keep: read it again if it turns out to be text
+        self.cap = cap
+        self.reread = reread
+
+    def _final(self, text: str, end: int, first: bool) -> None:
+        self.texts.append(text)
+        self.ends.append(end)
+        self.firsts.append(first)
+
+    def add(self, text: str, end: int) -> None:
+        """Text of the open document (a new one if none is open) up to byte ``end``."""
+        if self.tent is not None:
+            self._commit()
+        self._add(text, end)
+
+    def _add(self, text: str, end: int) -> None:
+        first = self.held is None
+        if not first:
+            self._final(self.held, self.held_end, self.held_first)  # type: ignore[arg-type]
+        self.held, self.held_end, self.held_first, self.covered = text, end, first, end
+
+    def extend(self, end: int) -> None:
+        """The open document also covers bytes that add no text (its line end)."""
+        self.held_end = self.covered = end
+
+    def close(self) -> None:
+        """The open document (if any) ends; a tentative run was not part of it."""
+        self.tent = None
+        if self.held is not None:
+            self._final(self.held, self.held_end, self.held_first)
+            self.held = None
+
+    def whole(self, texts: list[str], ends: list[int]) -> None:
+        """Whole one-piece documents (no document may be open)."""
+        if texts:
+            self.texts += texts
+            self.ends += ends
+            self.firsts += [True] * len(texts)
+            self.covered = ends[-1]
+
+    def maybe(self, text: str, start: int, end: int, prefix: str = "") -> None:
+        """Whitespace that belongs to the document only if text follows before it ends."""
+        if self.tent is None:
+            self.tent, self.tent_prefix, self.tent_start = [], prefix, start
+            self.tent_size, self.tent_over = 0, False
+        self.tent_end = end
+        if not self.tent_over:
+            self.tent_size += end - start
+            if self.tent_size > self.cap:
+                self.tent, self.tent_over = [], True
+            else:
+                self.tent.append((text, end))
+
+    def _commit(self) -> None:
+        parts = self.reread(self.tent_start, self.tent_end) if self.tent_over else self.tent
+        prefix, self.tent = self.tent_prefix, None
+        for text, end in parts:  # type: ignore[union-attr]
+            self._add(prefix + text, end)
+            prefix = ""
+
+    def flush(self, read_bytes: int, final_end: int | None = None) -> PieceBatch | None:
+        texts, ends, firsts = self.texts, self.ends, self.firsts
+        if final_end is not None:  # the range is done (close() was called)
+            if not texts:
+                return None
+            ends[-1] = final_end
+            self.texts, self.ends, self.firsts = [], [], []
+            return PieceBatch(texts, ends, firsts, self.batch_start, False, read_bytes)
+        if len(texts) < 2:
+            return None
+        keep = texts.pop(), ends.pop(), firsts.pop()
+        batch = PieceBatch(texts, ends, firsts, self.batch_start, not keep[2], read_bytes)
+        self.batch_start = ends[-1]
+        self.texts, self.ends, self.firsts = [keep[0]], [keep[1]], [keep[2]]
+        return batch
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    names = {dict: "an object", list: "an array", str: "a string"}
+    return names.get(type(value), "a number" if isinstance(value, (int, float)) else "a value")
+
+
+class SourceSplitter:
+    """Yields the PieceBatches of one source range (see the module docstring)."""
+
+    def __init__(
+        self,
+        source: Any,  # a RawSource (path, display, format, compressed); arguments checked there
+        *,
+        boundary: str,
+        text_field: str,
+        on_decode_error: str,
+        chunk_bytes: int,
+        start: int,
+        end: int | None,
+        max_record_bytes: int,
+    ) -> None:
+        self.path, self.display = source.path, source.display
+        self.fmt, self.compressed = source.format, source.compressed
+        self.boundary, self.text_field = boundary, text_field
+        self.strict = on_decode_error == "error"
+        self.chunk, self.max_record = chunk_bytes, max_record_bytes
+        self.start, self.end = start, end
+        self.decode = make_decoder(self.display, on_decode_error, self.compressed)
+        self.in_line = False  # line modes: the current line's start was already consumed
+        self.line_text = False  # ... and it holds more than whitespace
+        self.join = ""  # blank_line: "\n" when the current line continues an open paragraph
+
+    def _reread(self, a: int, b: int) -> Iterator[tuple[str, int]]:
+        reader = _Reader(self.path, self.display, self.compressed, a, b)
+        try:
+            for at, data in _char_blocks(reader, self.chunk, a):
+                yield self.decode(data, at), at + len(data)
+        finally:
+            reader.close()
+
+    def batches(self) -> Iterator[PieceBatch]:
+        self.rd = _Reader(self.path, self.display, self.compressed, self.start, self.end)
+        try:
+            self.b = _Builder(self.start, TENTATIVE_CHUNKS * self.chunk, self._reread)
+            head = self.rd.read_head(3) if self.start == 0 else b""
+            self.at = self.start  # offset of the first byte after `head`'s place
+            if head == BOM:  # dropped from the text; its bytes stay in the first piece's range
+                head, self.at = b"", 3
+            if self.fmt == "jsonl":
+                yield from self._jsonl(head)
+            elif self.boundary == "file":
+                yield from self._file(head)
+            else:
+                yield from self._lines(head, paragraphs=self.boundary == "blank_line")
+            self.b.close()
+            last = self.b.flush(self.rd.disk_pos, final_end=self.rd.pos)
+            if last is not None:
+                yield last
+        finally:
+            self.rd.close()
+
+    # -- file: the whole range is one document ---------------------------------------------------
+    def _file(self, head: bytes) -> Iterator[PieceBatch]:
+        b = self.b
+        for at, data in _char_blocks(self.rd, self.chunk, self.at, head):
+            text = self.decode(data, at)
+            if b.held is None and text.isspace():
+                b.maybe(text, at, at + len(data))
+            else:
+                b.add(text, at + len(data))
+            batch = b.flush(self.rd.disk_pos)
+            if batch is not None:
+                yield batch
+
+    # -- line / blank_line ------------------------------------------------------------------------
+    def _lines(self, head: bytes, paragraphs: bool) -> Iterator[PieceBatch]:
+        # Reading half a chunk at a time keeps every piece within chunk_bytes: a piece comes
+        # from (carry <= half a chunk) + (block <= half a chunk).
+        size = max(1, self.chunk // 2)
+        region = self._paragraph_region if paragraphs else self._line_region
+        rd, b = self.rd, self.b
+        carry, at = b"", self.at  # at: offset of carry[0]
+        for block in _blocks(rd, size, head):
+            data = carry + block if carry else block
+            last = data.rfind(b"\n")
+            if last >= 0:
+                pos = 0
+                if self.in_line:
+                    pos = data.find(b"\n") + 1
+                    self._end_line(data[: pos - 1], at, at + pos, paragraphs)
+                if pos <= last:
+                    region(data[pos : last + 1] if pos or last + 1 < len(data) else data, at + pos)
+                at += last + 1
+                carry = data[last + 1 :]
+            else:
+                carry = data
+            if len(carry) > size:
+                carry, at = self._long_part(carry, at, paragraphs)
+            batch = b.flush(rd.disk_pos)
+            if batch is not None:
+                yield batch
+        if self.in_line or carry:
+            self._end_line(carry, at, at + len(carry), paragraphs, terminated=False)
+
+    def _line_region(self, region: bytes, base: int) -> None:
+        """Complete lines (``region`` ends with "\\n"), no document open: one document each."""
+        text = self.decode(region, base)
+        lines = text.split("\n")
+        lines.pop()
+        lens = map(len, lines) if region.isascii() else map(len, region.split(b"\n"))
+        ends = list(map(add, accumulate(lens), range(base + 1, base + len(lines) + 1)))
+        if b"\r" in region:  # drop the "\r" of "\r\n" line ends (lengths above keep it)
+            lines = text.replace("\r\n", "\n").split("\n")
+            lines.pop()
+        keep = list(map(str.strip, lines))  # "" for blank lines
+        self.b.whole(list(compress(lines, keep)), list(compress(ends, keep)))
+
+    def _paragraph_region(self, region: bytes, base: int) -> None:
+        """Complete lines; a paragraph may be open from before and may stay open after."""
+        b, decode = self.b, self.decode
+        pos = 0
+        m = _BLANK_LINES.match(region)
+        if m:  # the region starts with blank lines: an open paragraph ends
+            b.close()
+            pos = m.end()
+        join = "\n" if b.held is not None else ""
+        cr = b"\r" in region
+        for m in _PARA_END.finditer(region, pos):
+            para = region[pos : m.start()]
+            if cr and para.endswith(b"\r"):
+                para = para[:-1]
+            text = decode(para, base + pos)
+            b.add(join + (text.replace("\r\n", "\n") if cr else text), base + m.start() + 1)
+            b.close()
+            join, pos = "", m.end()
+        if pos < len(region):  # the last paragraph may go on in the next region
+            para = region[pos:-1]
+            if cr and para.endswith(b"\r"):
+                para = para[:-1]
+            text = decode(para, base + pos)
+            b.add(join + (text.replace("\r\n", "\n") if cr else text), base + len(region))
+
+    def _long_part(self, carry: bytes, at: int, paragraphs: bool) -> tuple[bytes, int]:
+        """Consume the start of a line too long to buffer; return what is left of it."""
+        cut = tail_cut(carry)
+        if cut and carry[cut - 1] == 0x0D:  # a "\r" may be the start of a "\r\n" line end
+            cut -= 1
+        if not cut:
+            return carry, at
+        b, end = self.b, at + cut
+        text = self.decode(carry[:cut], at)
+        if not self.in_line:
+            self.in_line = True
+            self.join = "\n" if paragraphs and b.held is not None else ""
+        if self.line_text:
+            b.add(text, end)
+        elif text.isspace():
+            b.maybe(text, at, end, self.join)
+        else:
+            self.line_text = True
+            b.add(text if b.tent is not None else self.join + text, end)
+        return carry[cut:], end
+
+    def _end_line(
+        self, rest: bytes, at: int, end: int, paragraphs: bool, terminated: bool = True
+    ) -> None:
+        """The current line ends: ``rest`` is its unconsumed part, ``end`` is after its end."""
+        if terminated and rest.endswith(b"\r"):
+            rest = rest[:-1]
+        text = self.decode(rest, at) if rest else ""
+        b = self.b
+        if self.line_text:  # a long line with text: its document goes on to here
+            if text:
+                b.add(text, end)
+            else:
+                b.extend(end)
+            if not paragraphs:
+                b.close()
+        elif text and not text.isspace():
+            if not self.in_line:  # a whole (last) line
+                self.join = "\n" if paragraphs and b.held is not None else ""
+            b.add(text if b.tent is not None else self.join + text, end)
+            if not paragraphs:
+                b.close()
+        else:  # a blank line: skipped; in blank_line mode it ends the open paragraph
+            b.close()
+        self.in_line = self.line_text = False
+
+    # -- jsonl: one record a document -------------------------------------------------------------
+    def _jsonl(self, head: bytes) -> Iterator[PieceBatch]:
+        rd, b = self.rd, self.b
+        parts: list[bytes] = []
+        plen, at, line_no = 0, self.at, 1
+        for block in _blocks(rd, self.chunk, head):
+            last = block.rfind(b"\n")
+            if last < 0:
+                parts.append(block)
+                plen += len(block)
+                if plen > self.max_record:
+                    raise self._too_long(line_no, at)
+                continue
+            parts.append(block[: last + 1])
+            region = b"".join(parts)
+            line_no = self._records(region, at, line_no)
+            at += len(region)
+            rest = block[last + 1 :]
+            parts, plen = ([rest], len(rest)) if rest else ([], 0)
+            batch = b.flush(rd.disk_pos)
+            if batch is not None:
+                yield batch
+        if parts:
+            self._records(b"".join(parts), at, line_no)
+
+    def _records(self, region: bytes, base: int, line_no: int) -> int:
+        """Parse the lines of ``region`` (the last may lack its "\\n"); the next line number."""
+        lines = self.decode(region, base).split("\n")
+        if region.endswith(b"\n"):
+            lines.pop()
+        lens = [len(s) for s in (lines if region.isascii() else region.split(b"\n"))]
+        if len(region) > self.max_record and max(lens) > self.max_record:
+            k = next(i for i, n in enumerate(lens) if n > self.max_record)
+            raise self._too_long(line_no + k, base + sum(lens[:k]) + k)
+        texts: list[str] = []
+        ends: list[int] = []
+        pos, limit = base, base + len(region)
+        small = self.chunk // 4  # at most 4 bytes a character
+        for n, line, size in zip(range(line_no, line_no + len(lines)), lines, lens):
+            start, pos = pos, pos + size + 1
+            if not line or line.isspace():
+                continue
+            value = self._record_text(line, n, start)
+            if value is None:
+                continue
+            if len(value) <= small or len(value.encode("utf-8")) <= self.chunk:
+                texts.append(value)
+                ends.append(min(pos, limit))
+            else:
+                self.b.whole(texts, ends)
+                texts, ends = [], []
+                self._big_record(value, min(pos, limit))
+        self.b.whole(texts, ends)
+        return line_no + len(lines)
+
+    def _record_text(self, line: str, n: int, offset: int) -> str | None:
+        """The text field of one record; None when it is empty or only whitespace."""
+        where = f"{self.display}: line {n}"
+        if self.start:
+            where += f" counting from byte {self.start}"
+        where += f" (byte {offset})"
+        field = self.text_field
+        hint = f"each line must be a JSON object whose {field!r} field holds the text"
+        try:
+            record = json.loads(line)
+        except RecursionError:
+            raise DataError(f"{where}: JSON nested too deeply", hint) from None
+        except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
+            detail = getattr(exc, "msg", str(exc))
+            if hasattr(exc, "colno"):
+                detail += f", column {exc.colno}"
+            raise DataError(f"{where}: not valid JSON ({detail})", hint) from None
+        if type(record) is not dict:
+            raise DataError(f"{where}: {_json_type(record)}, not a JSON object", hint)
+        if field not in record:
+            keys = ", ".join(repr(k) for k in list(record)[:8]) or "no fields"
+            raise DataError(
+                f"{where}: no field {field!r} (the record has {keys})",
+                "set data.text_field to the field that holds the text",
+            )
+        value = record[field]
+        if type(value) is not str:
+            raise DataError(f"{where}: field {field!r} is {_json_type(value)}, not a string", hint)
+        if ("\\ud" in line or "\\uD" in line) and _SURROGATE.search(value):
+            if self.strict:
+                raise DataError(
+                    f"{where}: field {field!r} holds an unpaired UTF-16 surrogate (\\ud800-\\udfff)",
+                    DECODE_HINT,
+                )
+            value = _SURROGATE.sub("\ufffd", value)
+        if not value or value.isspace():
+            return None
+        return value
+
+    def _big_record(self, value: str, end: int) -> None:
+        """A record text longer than a chunk, in pieces; only the last one covers its bytes."""
+        data, b = value.encode("utf-8"), self.b
+        i = 0
+        while i < len(data):
+            j = len(data) if len(data) - i <= self.chunk else split_cut(data, i, i + self.chunk)
+            b.add(data[i:j].decode("utf-8"), end if j == len(data) else b.covered)
+            i = j
+        b.close()
+
+    def _too_long(self, n: int, offset: int) -> DataError:
+        return DataError(
+            f"{self.display}: line {n} (byte {offset}) is longer than {self.max_record:,} bytes",
+            "a .jsonl record must fit in memory: split it, or check that the file really is "
+            "JSON Lines (one object a line)",
+        )

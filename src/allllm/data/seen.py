@@ -1,0 +1,281 @@
+"""Seen records: which shards the model has trained on (DESIGN.md §6).
+
+``<checkpoint_dir>/seen_datasets.json`` is a *view* of the latest checkpoint's
+cumulative map (``trainer_state.json`` carries the same map): the checkpoint is
+the truth and the file is what users and scripts read. This module is the only
+code that reads or writes the file, so its schema is checked in one place:
+
+- reads are strict — a hand-edited file with ``rows`` as a string, an unknown
+  ``format_version`` or an unknown key is *unreadable*, never half-trusted;
+- writes are atomic (temp file, fsync, rename), so a crash leaves the old file;
+- an unreadable file is never overwritten silently: it is rebuilt from the
+  latest checkpoint (the broken one kept as ``seen_datasets.json.corrupt-<ts>``)
+  or, with no checkpoint, it is a one-line error saying how to fix it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
+
+from allllm.data.shards import utc_timestamp
+from allllm.errors import DataError
+from allllm.fsutil import atomic_write_text
+
+SEEN_FILE = "seen_datasets.json"
+SEEN_FORMAT_VERSION = 1
+SHARD_ID_RE = re.compile(r"^[0-9a-f]{64}$")
+
+_log = logging.getLogger("allllm")
+
+ShardId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+Warn = Callable[[str], None]
+
+
+class SeenRecord(BaseModel):
+    """One trained shard: its files when trained, training rows and tokens, the step it finished."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    files: dict[Literal["jsonl", "bin"], Annotated[str, StringConstraints(min_length=1)]]
+    rows: int = Field(ge=0)
+    tokens: int = Field(ge=0)
+    step: int = Field(ge=0)
+    run_id: str
+    completed: Annotated[
+        str, StringConstraints(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
+    ]
+
+
+class _SeenFile(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+
+    format_version: int
+    shards: dict[ShardId, SeenRecord]
+
+    @field_validator("format_version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v != SEEN_FORMAT_VERSION:
+            raise ValueError(
+                f"unknown format_version {v} (this allllm reads {SEEN_FORMAT_VERSION})"
+            )
+        return v
+
+
+class SeenMap:
+    """shard_id → :class:`SeenRecord`. Plain mapping semantics; serializes to the §6 file."""
+
+    def __init__(self, records: Mapping[str, SeenRecord] | None = None) -> None:
+        self._records: dict[str, SeenRecord] = dict(records or {})
+
+    # mapping protocol ----------------------------------------------------------------------
+    def __contains__(self, shard_id: object) -> bool:
+        return shard_id in self._records
+
+    def __getitem__(self, shard_id: str) -> SeenRecord:
+        return self._records[shard_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SeenMap) and self._records == other._records
+
+    def __repr__(self) -> str:
+        return f"SeenMap({len(self._records)} shards)"
+
+    def get(self, shard_id: str | None) -> SeenRecord | None:
+        return self._records.get(shard_id) if shard_id else None
+
+    def items(self) -> Iterator[tuple[str, SeenRecord]]:
+        return iter(self._records.items())
+
+    # updates -------------------------------------------------------------------------------
+    def with_records(self, records: Mapping[str, SeenRecord]) -> SeenMap:
+        """A new map with ``records`` added (a re-trained shard keeps its latest record)."""
+        for shard_id in records:
+            _check_shard_id(shard_id)
+        return SeenMap({**self._records, **records})
+
+    # (de)serialization ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The §6 JSON object; shards in training order (step, then id) so the file reads as a log."""
+        ordered = sorted(self._records.items(), key=lambda kv: (kv[1].step, kv[1].completed, kv[0]))
+        return {
+            "format_version": SEEN_FORMAT_VERSION,
+            "shards": {sid: rec.model_dump(mode="json") for sid, rec in ordered},
+        }
+
+    @classmethod
+    def from_dict(
+        cls, data: Any, source: str = "seen records", *, allow_bare: bool = True
+    ) -> SeenMap:
+        """Validate the §6 object (or, with ``allow_bare``, its bare ``shards`` mapping).
+
+        Anything else is a DataError naming ``source`` and the first wrong field.
+        """
+        bare = isinstance(data, dict) and "format_version" not in data and "shards" not in data
+        if allow_bare and bare:
+            data = {"format_version": SEEN_FORMAT_VERSION, "shards": data}  # a bare shards map
+        try:
+            parsed = _SeenFile.model_validate(data)
+        except ValidationError as exc:
+            raise DataError(f"{source}: {_first_error(exc)}") from None
+        return cls(parsed.shards)
+
+
+def _check_shard_id(shard_id: str) -> None:
+    if not SHARD_ID_RE.match(shard_id):
+        raise DataError(f"{shard_id!r} is not a shard_id (64 lowercase hex digits)")
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors(include_url=False)[0]
+    where = ".".join(str(x) for x in err["loc"]) or "(top level)"
+    return f"{where}: {err['msg'].removeprefix('Value error, ')}"
+
+
+def seen_path(checkpoint_dir: str | os.PathLike[str]) -> Path:
+    """Where a checkpoint dir keeps its seen records."""
+    return Path(checkpoint_dir) / SEEN_FILE
+
+
+def _as_seen_map(value: SeenMap | Mapping[str, Any], source: str) -> SeenMap:
+    return value if isinstance(value, SeenMap) else SeenMap.from_dict(dict(value), source)
+
+
+def read_seen(path: Path) -> SeenMap:
+    """Read and validate the file strictly; DataError (one line) if it is unreadable or invalid."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}") from None
+    return SeenMap.from_dict(data, str(path), allow_bare=False)
+
+
+def save_seen(path: str | os.PathLike[str], seen: SeenMap) -> None:
+    """Write the file atomically (temp, fsync, rename): a crash leaves the old file or the new one."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(target, json.dumps(seen.to_dict(), indent=2) + "\n")
+
+
+def _corrupt_name(path: Path) -> Path:
+    base = path.with_name(f"{path.name}.corrupt-{utc_timestamp()}")
+    candidate, k = base, 1
+    while candidate.exists():
+        candidate = base.with_name(f"{base.name}.{k}")
+        k += 1
+    return candidate
+
+
+def load_seen(
+    path: str | os.PathLike[str],
+    *,
+    rebuild_from: Callable[[], SeenMap | Mapping[str, Any] | None] | None = None,
+    repair: bool = True,
+    warn: Warn | None = None,
+) -> SeenMap:
+    """The seen records at ``path``.
+
+    - missing file → the map ``rebuild_from()`` gives (the latest checkpoint's), else empty;
+    - unreadable or invalid file → rebuilt from ``rebuild_from()`` with a warning; with
+      ``repair`` the broken file is renamed ``<name>.corrupt-<UTC ts>`` and the rebuilt map
+      written in its place (a read-only caller such as ``status`` passes ``repair=False``);
+      with nothing to rebuild from it is a :class:`DataError` saying how to fix it.
+
+    ``rebuild_from`` returns the latest checkpoint's cumulative map (a :class:`SeenMap`, the
+    §6 object or its bare ``shards`` mapping) or None when there is no checkpoint.
+    """
+    path = Path(path)
+    say = warn or _log.warning
+    if not path.exists():
+        rebuilt = rebuild_from() if rebuild_from else None
+        return _as_seen_map(rebuilt, "the latest checkpoint's seen map") if rebuilt else SeenMap()
+    try:
+        return read_seen(path)
+    except DataError as exc:
+        problem = exc.one_line()
+    rebuilt = rebuild_from() if rebuild_from else None
+    if rebuilt is None:
+        raise DataError(
+            f"seen records unreadable: {problem}",
+            f"restore {path.name} from a backup; delete it only if you accept that every shard "
+            "counts as new again (no checkpoint exists to rebuild it from)",
+        )
+    seen = _as_seen_map(rebuilt, "the latest checkpoint's seen map")
+    if not repair:
+        say(f"seen records unreadable ({problem}); using the latest checkpoint's map instead")
+        return seen
+    kept = _corrupt_name(path)
+    os.replace(path, kept)
+    save_seen(path, seen)
+    say(
+        f"seen records unreadable ({problem}); rebuilt {path} from the latest checkpoint "
+        f"({len(seen)} shards), the broken file is kept as {kept.name}"
+    )
+    return seen
+
+
+def seen_differences(file_map: SeenMap, checkpoint_map: SeenMap) -> list[str]:
+    """Human-readable differences between the file and the checkpoint (one line each)."""
+    lines = []
+    for sid in sorted(set(checkpoint_map) - set(file_map)):
+        lines.append(
+            f"{sid[:12]}: in the checkpoint (step {checkpoint_map[sid].step}), not in the file"
+        )
+    for sid in sorted(set(file_map) - set(checkpoint_map)):
+        lines.append(f"{sid[:12]}: in the file (step {file_map[sid].step}), not in the checkpoint")
+    for sid in sorted(set(file_map) & set(checkpoint_map)):
+        if file_map[sid] != checkpoint_map[sid]:
+            lines.append(f"{sid[:12]}: file and checkpoint records differ")
+    return lines
+
+
+def reconcile(
+    file_map: SeenMap,
+    checkpoint_map: SeenMap | Mapping[str, Any] | None,
+    *,
+    warn: Warn | None = None,
+) -> SeenMap:
+    """The seen map to use: the latest checkpoint's (the file is only a view of it).
+
+    With no checkpoint the file stands. Differences are reported through ``warn`` (one line).
+    A checkpoint ahead of the file is normal after a crash between the final checkpoint and
+    the file write; a file ahead of the checkpoint means checkpoints were removed.
+    """
+    if checkpoint_map is None:
+        return file_map
+    ckpt = _as_seen_map(checkpoint_map, "the latest checkpoint's seen map")
+    diffs = seen_differences(file_map, ckpt)
+    if diffs:
+        more = f" (+{len(diffs) - 3} more)" if len(diffs) > 3 else ""
+        (warn or _log.warning)(
+            f"seen_datasets.json differs from the latest checkpoint in {len(diffs)} shard(s): "
+            f"{'; '.join(diffs[:3])}{more} — the checkpoint wins"
+        )
+    return ckpt

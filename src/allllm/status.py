@@ -1,0 +1,236 @@
+"""``allllm status``: what a model has seen, what is new, what is wrong (DESIGN.md §9).
+
+:func:`build_status` returns one JSON-serializable dict; ``status --json`` prints
+it and :func:`allllm.status_view.render_status` draws it as a table. It never
+writes anything (a broken ``seen_datasets.json`` is reported, not repaired; the
+next ``train`` repairs it) and never imports torch unless a legacy shard must be
+read under ``trust_unverified``. The tokenizer is loaded only when there are
+shards to compare; when it cannot be loaded here (an HF hub id offline, ...)
+shards are compared by backend and path and flagged "tokenizer unverified".
+
+Report keys (all always present):
+
+- ``config``, ``data_dir``, ``checkpoint_dir``, ``seq_len``
+- ``tokenizer``: ``backend``, ``path``, ``fingerprint`` (null when unverified), ``verified``
+- ``digests_checked`` (``verify``), ``trust_unverified``
+- ``shards``: one object per shard, sorted by name, then the ``missing`` ones:
+  ``name`` (the stem), ``shard_id``, ``files`` {role: file name}, ``formats``, ``state``,
+  ``reason``, ``rows``, ``tokens``, ``step`` (of its seen record), ``run_id``,
+  ``train_rows``, ``train_tokens``, ``val_rows``, ``val_tokens`` (DESIGN §5 split; an eval-only
+  shard is all validation), ``eval_only``, ``tokenizer_unverified``, ``legacy``, ``pending``
+  (in the pending run), ``duplicate_of``, ``superseded_by``, ``created``
+- ``totals``: ``shards``, ``states`` {state: count}, ``new_rows``/``new_tokens`` (training rows
+  of trainable new shards: what ``train --only-new`` would train), ``seen_rows``/``seen_tokens``
+  (seen records of present shards), ``val_rows``/``val_tokens``, ``eval_rows``/``eval_tokens``,
+  ``missing_rows``/``missing_tokens``
+- ``checkpoint``: null or the ``checkpoint`` argument without its ``seen`` map (§9: ``step``,
+  ``tokens_seen``, ``path``, ``time``, ``pending_run`` {``run_id``, ``shards``, ``steps_done``,
+  ``steps_total``})
+- ``journaled``: stems a tokenize is writing or left after a crash
+- ``notes``: plain sentences (no data dir, no checkpoints yet, tokenizer unverified, ...)
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from allllm.data.registry import STATES, ScanSpec, ShardEntry, TokenizerIdentity, scan_shards
+from allllm.data.seen import SeenMap, load_seen, reconcile, seen_path
+from allllm.data.valsplit import split_sizes
+from allllm.errors import AllllmError
+
+if TYPE_CHECKING:
+    from allllm.config import Config
+
+
+def _tokenizer_identity(cfg: Config, tokenizer: Any, notes: list[str]) -> TokenizerIdentity:
+    """The loaded tokenizer's identity, or the config's backend+path when it cannot be loaded."""
+    if tokenizer is None:
+        from allllm.tokenizer.manager import TokenizerManager
+
+        try:
+            tokenizer = TokenizerManager.from_config(cfg.tokenizer)
+        except AllllmError as exc:  # e.g. a TokenizerError: an HF hub id while offline
+            notes.append(
+                f"tokenizer unverified: it cannot be loaded here ({exc.one_line()}); shards are "
+                "compared by tokenizer backend and path only"
+            )
+            return TokenizerIdentity(cfg.tokenizer.backend, cfg.tokenizer.path, None)
+    info = dict(tokenizer.describe())
+    return TokenizerIdentity(
+        backend=str(info.get("backend", cfg.tokenizer.backend)),
+        path=info.get("path", cfg.tokenizer.path),
+        fingerprint=tokenizer.fingerprint,
+        vocab_size=tokenizer.vocab_size,
+        pad_id=info.get("pad_id"),
+        eos_id=info.get("eos_id"),
+    )
+
+
+def _seen_map(cfg: Config, checkpoint: dict[str, Any] | None, notes: list[str]) -> SeenMap:
+    ckpt_map = checkpoint.get("seen") if checkpoint else None
+    file_map = load_seen(
+        seen_path(cfg.checkpoint_path),
+        rebuild_from=lambda: ckpt_map,
+        repair=False,
+        warn=notes.append,
+    )
+    return reconcile(file_map, ckpt_map, warn=notes.append)
+
+
+def _shard_report(entry: ShardEntry, cfg: Config, pending: set[str]) -> dict[str, Any]:
+    rec = entry.record
+    rows = entry.n_rows if entry.n_rows is not None else None
+    split: tuple[int | None, ...] = (None, None, None, None)
+    if entry.valid and entry.shard_id and rows is not None and entry.seq_len:
+        if entry.eval_only:
+            split = (0, 0, rows, entry.n_tokens)
+        else:
+            split = split_sizes(
+                cfg.train.seed, entry.shard_id, rows, entry.seq_len, entry.last_row_len or 0,
+                cfg.data.val_fraction,
+            )  # fmt: skip
+    return {
+        "name": entry.name,
+        "shard_id": entry.shard_id,
+        "files": entry.data_files,
+        "formats": entry.formats,
+        "state": entry.state,
+        "reason": entry.reason,
+        "rows": rows,
+        "tokens": entry.n_tokens,
+        "step": rec.step if rec else None,
+        "run_id": rec.run_id if rec else None,
+        "train_rows": split[0],
+        "train_tokens": split[1],
+        "val_rows": split[2],
+        "val_tokens": split[3],
+        "eval_only": entry.eval_only,
+        "tokenizer_unverified": entry.tokenizer_unverified,
+        "legacy": entry.legacy,
+        "pending": bool(entry.shard_id and entry.shard_id in pending),
+        "duplicate_of": entry.duplicate_of,
+        "superseded_by": entry.superseded_by,
+        "created": entry.created,
+    }
+
+
+def _totals(shards: list[dict[str, Any]], entries: list[ShardEntry]) -> dict[str, Any]:
+    t: dict[str, Any] = {"shards": sum(1 for s in shards if s["state"] != "missing")}
+    t["states"] = {state: sum(1 for s in shards if s["state"] == state) for state in STATES}
+    for key in ("new", "seen", "val", "eval", "missing"):
+        t[f"{key}_rows"] = t[f"{key}_tokens"] = 0
+    for s, e in zip(shards, entries):
+        if s["state"] == "new" and not s["eval_only"]:
+            t["new_rows"] += s["train_rows"] or 0
+            t["new_tokens"] += s["train_tokens"] or 0
+        if s["state"] == "seen" and e.record is not None:
+            t["seen_rows"] += e.record.rows
+            t["seen_tokens"] += e.record.tokens
+        if s["state"] in ("new", "seen"):
+            prefix = "eval" if s["eval_only"] else "val"
+            t[f"{prefix}_rows"] += s["val_rows"] or 0
+            t[f"{prefix}_tokens"] += s["val_tokens"] or 0
+        if s["state"] == "missing":
+            t["missing_rows"] += s["rows"] or 0
+            t["missing_tokens"] += s["tokens"] or 0
+    return t
+
+
+def _notes_for_scan(report: dict[str, Any], entries: list[ShardEntry], trust: bool) -> list[str]:
+    notes = []
+    states = report["totals"]["states"]
+    if states["unverified"]:
+        notes.append(
+            f"{states['unverified']} shard(s) have no meta file and are skipped; "
+            "--trust-unverified reads and checks them, then uses them"
+        )
+    if states["missing"]:
+        notes.append(
+            f"{states['missing']} seen shard(s) have no files any more (trained on, then deleted "
+            "or moved out of the data dir)"
+        )
+    if report["journaled"]:
+        notes.append(
+            f"{len(report['journaled'])} stem(s) are being written by a tokenize or were left by a "
+            "crashed one (ignored; the next tokenize cleans them up)"
+        )
+    unlisted = [name for e in entries for name in e.unlisted]
+    if unlisted:
+        notes.append(
+            f"files not listed in their shard's meta are ignored: {', '.join(unlisted[:5])}"
+        )
+    if trust and any(e.legacy for e in entries):
+        notes.append("legacy torch.save shards were read with weights_only=True (no code runs)")
+    return notes
+
+
+def build_status(
+    cfg: Config,
+    *,
+    verify: bool = False,
+    trust_unverified: bool = False,
+    checkpoint: dict[str, Any] | None = None,
+    tokenizer: Any = None,
+) -> dict[str, Any]:
+    """The status report of DESIGN.md §9 for ``cfg`` (see the module doc for every key).
+
+    ``checkpoint``: the latest complete checkpoint's summary (§9 keys, plus ``seen``: its
+    cumulative seen map, which wins over ``seen_datasets.json``), or None when there is none.
+    ``tokenizer``: an already loaded tokenizer (``.fingerprint``, ``.vocab_size``,
+    ``.describe()``); by default it is loaded from the config when shards exist.
+    ``verify`` also checks file digests; ``trust_unverified`` reads meta-less shards.
+    """
+    notes: list[str] = []
+    data_dir, ckpt_dir = cfg.data_dir, cfg.checkpoint_path
+    seen = _seen_map(cfg, checkpoint, notes)
+    has_data = data_dir.is_dir()
+    if not has_data:
+        notes.insert(
+            0,
+            f"no data dir {data_dir} yet — put text in {cfg.data.raw_paths[0]} and run "
+            f"`allllm tokenize --model {cfg.name}`",
+        )
+        ident = TokenizerIdentity(cfg.tokenizer.backend, cfg.tokenizer.path, None)
+    else:
+        ident = _tokenizer_identity(cfg, tokenizer, notes)
+    result = scan_shards(
+        data_dir,
+        ScanSpec.from_config(cfg, ident),
+        seen,
+        verify=verify,
+        trust_unverified=trust_unverified,
+    )
+    pending_run = (checkpoint or {}).get("pending_run") or {}
+    pending = {str(s) for s in pending_run.get("shards", [])}
+    entries = result.all_entries()
+    shards = [_shard_report(e, cfg, pending) for e in entries]
+    report: dict[str, Any] = {
+        "config": cfg.name,
+        "data_dir": str(data_dir),
+        "checkpoint_dir": str(ckpt_dir),
+        "seq_len": cfg.data.seq_len,
+        "tokenizer": {
+            "backend": ident.backend,
+            "path": ident.path,
+            "fingerprint": ident.fingerprint,
+            "verified": ident.verified,
+        },
+        "digests_checked": verify,
+        "trust_unverified": trust_unverified,
+        "shards": shards,
+        "totals": _totals(shards, entries),
+        "checkpoint": None,
+        "journaled": result.journaled,
+        "notes": notes,
+    }
+    if has_data and not result.shards:
+        notes.append(
+            f"no shards in {data_dir} yet — run `allllm tokenize --model {cfg.name}` to make some"
+        )
+    notes.extend(_notes_for_scan(report, entries, trust_unverified))
+    if checkpoint is None:
+        notes.append(f"no checkpoints yet in {ckpt_dir}")
+    else:
+        report["checkpoint"] = {k: v for k, v in checkpoint.items() if k != "seen"}
+    return report

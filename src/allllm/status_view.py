@@ -1,0 +1,137 @@
+"""Draw the ``allllm status`` report (:func:`allllm.status.build_status`) with rich.
+
+Kept apart from the report so scripts get the same facts from ``--json`` and
+the table never holds a fact the JSON lacks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from allllm.config import format_count
+
+_STYLE = {
+    "new": "green",
+    "seen": "cyan",
+    "invalid": "red",
+    "unverified": "yellow",
+    "superseded": "dim",
+    "duplicate": "dim",
+    "missing": "magenta",
+}
+
+
+def state_text(shard: dict[str, Any]) -> str:
+    """``new``, ``seen @ step N``, ``invalid: reason``, ... (plain text, no markup)."""
+    state, reason, step = shard["state"], shard.get("reason"), shard.get("step")
+    if state == "seen":
+        text = f"seen @ step {step}"
+    elif state == "missing":
+        text = f"missing (seen @ step {step})"
+    elif state == "duplicate":
+        text = f"duplicate of {shard.get('duplicate_of')}"
+    elif state == "superseded":
+        text = f"superseded by {shard.get('superseded_by')}"
+    elif state in ("invalid", "unverified") and reason:
+        text = f"{state}: {reason}"
+        if step is not None:
+            text += f" (seen @ step {step})"
+    else:
+        text = state
+    extras = [
+        label
+        for flag, label in (
+            ("eval_only", "eval only"),
+            ("pending", "in the pending run"),
+            ("tokenizer_unverified", "tokenizer unverified"),
+            ("legacy", "legacy torch.save"),
+        )
+        if shard.get(flag)
+    ]
+    return f"{text} ({', '.join(extras)})" if extras else text
+
+
+def _num(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def _amount(tokens: int, rows: int) -> str:
+    return f"{format_count(tokens)} tokens / {rows:,} rows"
+
+
+def _totals_line(totals: dict[str, Any]) -> str:
+    parts = [
+        f"[green]new[/green] {_amount(totals['new_tokens'], totals['new_rows'])}",
+        f"[cyan]seen[/cyan] {_amount(totals['seen_tokens'], totals['seen_rows'])}",
+    ]
+    if totals["val_rows"]:
+        parts.append(f"validation {_amount(totals['val_tokens'], totals['val_rows'])}")
+    if totals["eval_rows"]:
+        parts.append(f"eval-only {_amount(totals['eval_tokens'], totals['eval_rows'])}")
+    counts = ", ".join(f"{n} {s}" for s, n in totals["states"].items() if n)
+    return f"totals: {'  ·  '.join(parts)}\nshards: {totals['shards']} ({counts or 'none'})"
+
+
+def _checkpoint_line(ckpt: dict[str, Any] | None) -> str:
+    if ckpt is None:
+        return "latest checkpoint: none yet"
+    line = f"latest checkpoint: step {ckpt.get('step')}"
+    if ckpt.get("tokens_seen") is not None:
+        line += f", {format_count(ckpt['tokens_seen'])} tokens trained"
+    if ckpt.get("time"):
+        line += f", {ckpt['time']}"
+    if ckpt.get("path"):
+        line += f"  ({escape(str(ckpt['path']))})"
+    pending = ckpt.get("pending_run")
+    if pending:
+        line += (
+            f"\npending run {pending.get('run_id')}: step {pending.get('steps_done')} of "
+            f"{pending.get('steps_total')} on {len(pending.get('shards') or [])} shard(s) — "
+            "`allllm train` finishes it, `--abandon-pending` drops it"
+        )
+    return line
+
+
+def render_status(report: dict[str, Any], console: Console, *, max_rows: int | None = None) -> None:
+    """Print the report: a header, the shard table, totals, the latest checkpoint and notes.
+
+    ``max_rows`` limits the table (the rest is counted; ``--json`` lists everything).
+    """
+    tok = report["tokenizer"]
+    tok_label = tok["backend"] + (f":{tok['path']}" if tok.get("path") else "")
+    if not tok["verified"]:
+        tok_label += " (unverified)"
+    console.print(
+        f"[bold]{escape(str(report['config']))}[/bold]  data: {escape(report['data_dir'])}  "
+        f"seq_len {report['seq_len']}  tokenizer {escape(tok_label)}"
+        + ("  [dim](digests checked)[/dim]" if report.get("digests_checked") else "")
+    )
+    shards = report["shards"]
+    if shards:
+        table = Table(show_edge=False, header_style="bold")
+        table.add_column("shard", overflow="fold")
+        table.add_column("formats")
+        table.add_column("rows", justify="right")
+        table.add_column("tokens", justify="right")
+        table.add_column("state", overflow="fold")
+        shown = shards if max_rows is None else shards[:max_rows]
+        for s in shown:
+            style = _STYLE.get(s["state"], "")
+            table.add_row(
+                escape(s["name"]),
+                "+".join(s["formats"]) or "-",
+                _num(s["rows"]),
+                _num(s["tokens"]),
+                f"[{style}]{escape(state_text(s))}[/{style}]" if style else escape(state_text(s)),
+            )
+        console.print(table)
+        if len(shown) < len(shards):
+            console.print(f"... {len(shards) - len(shown)} more shard(s) (--json lists all)")
+    console.print(_totals_line(report["totals"]))
+    console.print(_checkpoint_line(report["checkpoint"]))
+    for note in report["notes"]:
+        console.print(f"[yellow]note:[/yellow] {escape(note)}")

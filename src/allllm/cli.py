@@ -10,16 +10,20 @@ exit 1, usage errors exit 2, Ctrl-C exits 130, tracebacks only with
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from allllm import __version__
 from allllm.errors import AllllmError
+
+if TYPE_CHECKING:
+    from allllm.config import Config
 
 # Options shared by the verbs -----------------------------------------------------------------
 
@@ -89,6 +93,13 @@ def _console(stderr: bool = False):  # -> rich.console.Console
     from rich.console import Console
 
     return Console(stderr=stderr, highlight=False)
+
+
+def _warn_line(console: object, message: str) -> None:
+    """A yellow "warning:" line; the message is printed literally (no rich markup)."""
+    from rich.markup import escape
+
+    console.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)  # type: ignore[attr-defined]
 
 
 def _print_json(data: object) -> None:
@@ -164,7 +175,7 @@ def config_show(model: ModelOpt = None, config: ConfigOpt = None, as_json: JsonO
         )
         return
     console = _console()
-    console.print(f"[bold]{cfg.name}[/bold]  ({source.describe()})")
+    console.print(f"[bold]{cfg.name}[/bold]  ({source.describe()})", markup=True, highlight=False)
     console.print(
         f"parameters: [bold]{format_count(n_params)}[/bold] ({n_params:,})  arch: {cfg.model.arch}"
         f"  seq_len: {cfg.data.seq_len}  checkpoints: {cfg.checkpoint_path}"
@@ -279,7 +290,7 @@ def tokenize_cmd(
 
     def warn(message: str) -> None:
         if not quiet:
-            err_console.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
+            _warn_line(err_console, message)
 
     summary = tokenize(
         cfg,
@@ -333,9 +344,116 @@ def status_cmd(
     render_status(report, _console())
 
 
-def _checkpoint_summary(cfg: object) -> dict | None:
+def _checkpoint_summary(cfg: Config) -> dict | None:
     """The latest checkpoint for `status` (None until `allllm train` has saved one)."""
-    return None
+    from allllm.train.checkpoint import checkpoint_summary
+
+    notes: list[str] = []
+    summary = checkpoint_summary(cfg.checkpoint_path, warn=notes.append)
+    for note in notes:
+        _warn_line(_console(stderr=True), note)
+    return summary
+
+
+# train ----------------------------------------------------------------------------------------
+
+
+@app.command("train")
+def train_cmd(
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    only_new: Annotated[
+        bool,
+        typer.Option("--only-new", "--only_new", help="Train only shards this model has not seen."),
+    ] = False,
+    shards: Annotated[
+        str | None, typer.Option("--shards", help="Glob of shard names to choose from.")
+    ] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option("--max-steps", min=1, help="Stop after this many steps (run stays pending)."),
+    ] = None,
+    max_tokens: Annotated[
+        int | None,
+        typer.Option(
+            "--max-tokens", min=1, help="Stop after this many tokens (run stays pending)."
+        ),
+    ] = None,
+    max_time: Annotated[
+        str | None,
+        typer.Option("--max-time", help="Stop after this long: 3600, 90m, 1h30m, HH:MM:SS."),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="Print the plan with time and memory estimates; train nothing."
+        ),
+    ] = False,
+    reset_optimizer: Annotated[
+        bool, typer.Option("--reset-optimizer", help="Start with fresh optimizer moments.")
+    ] = False,
+    abandon_pending: Annotated[
+        bool,
+        typer.Option("--abandon-pending", help="Drop an unfinished run (its shards stay new)."),
+    ] = False,
+    from_checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-checkpoint", help="Start from this checkpoint directory (step-XXXXXXXX)."
+        ),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="cpu, cuda, cuda:N or mps (default: auto).")
+    ] = None,
+    trust_unverified: Annotated[
+        bool, typer.Option("--trust-unverified", help="Validate and use shards without meta.")
+    ] = False,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train on the shards this model has not seen, resuming from the latest checkpoint.
+
+    Example: allllm train --model tiny --only-new --max-time 10m
+    """
+    from allllm.config import load_config, parse_duration
+    from allllm.train.session import TrainOptions
+
+    cfg = load_config(model, config)
+    seconds = None
+    if max_time is not None:
+        try:
+            seconds = parse_duration(max_time)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--max-time") from None
+    options = TrainOptions(
+        only_new=only_new,
+        shards=shards,
+        max_steps=max_steps,
+        max_tokens=max_tokens,
+        max_time=seconds,
+        dry_run=dry_run,
+        reset_optimizer=reset_optimizer,
+        abandon_pending=abandon_pending,
+        from_checkpoint=from_checkpoint,
+        device=device,
+        trust_unverified=trust_unverified,
+    )
+    from allllm.train.distributed import env_dist_info
+    from allllm.train.trainer import train
+    from allllm.train_view import RichTrainReporter, render_dry_run
+
+    main_rank = env_dist_info().is_main
+    reporter = RichTrainReporter(_console(stderr=as_json), quiet=quiet, main=main_rank)
+    try:
+        result = train(cfg, options, reporter)
+    finally:
+        reporter.close()
+    if as_json and main_rank:
+        _print_json(dataclasses.asdict(result))
+    elif dry_run and main_rank and result.plan is not None:
+        render_dry_run(result.plan, _console())
+    if result.exit_code:
+        raise typer.Exit(result.exit_code)
 
 
 # entry point ----------------------------------------------------------------------------------

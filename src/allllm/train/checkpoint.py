@@ -1,0 +1,305 @@
+"""Checkpoints on disk (DESIGN.md §7): written whole or not at all, found by step.
+
+Layout of ``checkpoints/<name>/step-XXXXXXXX/`` (global optimizer steps)::
+
+    model.safetensors     weights (a tied head is stored once, under embed.weight)
+    optimizer.pt          optimizer and grad-scaler state; loadable with weights_only=True
+    trainer_state.json    run, position, RNG states, config snapshot, cumulative seen map
+    COMPLETE              the completion marker, written last
+
+A checkpoint is written into a hidden temporary directory, every file is
+fsynced, the directory is renamed into place and the marker is written last.
+"Latest" is the highest step with a marker whose files all load; an incomplete
+or corrupt one is skipped with a warning and the previous one is used.
+Rotation keeps the newest ``keep`` checkpoints and never deletes the newest one
+or the one a pending run started from (``--abandon-pending`` goes back to it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from allllm.errors import CheckpointError
+from allllm.fsutil import fsync_dir
+
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.pt"
+STATE_FILE = "trainer_state.json"
+MARKER_FILE = "COMPLETE"
+STEP_RE = re.compile(r"^step-(\d{8})$")
+STATE_FORMAT_VERSION = 1
+
+Warn = Callable[[str], None]
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A checkpoint directory (complete or not) found on disk."""
+
+    path: Path
+    step: int
+
+    @property
+    def complete(self) -> bool:
+        return (self.path / MARKER_FILE).is_file()
+
+    def read_state(self) -> dict[str, Any]:
+        """``trainer_state.json`` (CheckpointError if missing or unreadable)."""
+        path = self.path / STATE_FILE
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: missing") from None
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: unreadable ({exc})") from None
+        if not isinstance(state, dict) or state.get("format_version") != STATE_FORMAT_VERSION:
+            raise CheckpointError(f"{path}: not a trainer state of format {STATE_FORMAT_VERSION}")
+        if state.get("step") != self.step:
+            raise CheckpointError(
+                f"{path}: says step {state.get('step')}, directory says {self.step}"
+            )
+        return state
+
+
+def list_checkpoints(directory: Path) -> list[CheckpointRef]:
+    """Every ``step-XXXXXXXX`` directory, complete or not, by step."""
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return []
+    refs = []
+    for entry in entries:
+        m = STEP_RE.match(entry.name)
+        if m and entry.is_dir():
+            refs.append(CheckpointRef(Path(entry.path), int(m[1])))
+    return sorted(refs, key=lambda r: r.step)
+
+
+def check_files(ref: CheckpointRef) -> str | None:
+    """Why a complete-looking checkpoint cannot be used, or None."""
+    for name in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE):
+        path = ref.path / name
+        if not path.is_file() or path.stat().st_size == 0:
+            return f"{name} missing or empty"
+    try:
+        ref.read_state()
+    except CheckpointError as exc:
+        return str(exc)
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(ref.path / MODEL_FILE), framework="pt") as fh:
+            fh.keys()
+    except Exception as exc:  # safetensors raises several types for a damaged header
+        return f"{MODEL_FILE} unreadable ({type(exc).__name__})"
+    return None
+
+
+def latest_checkpoint(directory: Path, warn: Warn | None = None) -> CheckpointRef | None:
+    """The highest complete, readable checkpoint; broken ones are skipped with a warning."""
+    for ref in reversed(list_checkpoints(directory)):
+        if not ref.complete:
+            if warn:
+                warn(f"{ref.path.name}: incomplete (no {MARKER_FILE} marker), skipped")
+            continue
+        problem = check_files(ref)
+        if problem:
+            if warn:
+                warn(
+                    f"{ref.path.name}: corrupt ({problem}), falling back to the previous checkpoint"
+                )
+            continue
+        return ref
+    return None
+
+
+def find_checkpoint(path: Path) -> CheckpointRef:
+    """A checkpoint named by the user (``--from-checkpoint DIR``); it must be complete and readable."""
+    m = STEP_RE.match(path.name)
+    if not path.is_dir() or not m:
+        raise CheckpointError(
+            f"{path}: not a checkpoint directory",
+            "point --from-checkpoint at a checkpoints/<name>/step-XXXXXXXX folder",
+        )
+    ref = CheckpointRef(path, int(m[1]))
+    if not ref.complete:
+        raise CheckpointError(f"{path}: incomplete checkpoint (no {MARKER_FILE} marker)")
+    problem = check_files(ref)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}")
+    return ref
+
+
+# -- writing --------------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    directory: Path,
+    step: int,
+    *,
+    model_state: dict[str, Any],
+    optimizer_state: dict[str, Any],
+    trainer_state: dict[str, Any],
+) -> CheckpointRef:
+    """Write ``step-XXXXXXXX`` atomically; raise CheckpointError (previous ones intact) on failure."""
+    import torch
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / step_dir_name(step)
+    tmp = directory / f".{final.name}.tmp-{os.getpid()}"
+    try:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        tensors = {k: v.detach().to("cpu").contiguous() for k, v in model_state.items()}
+        save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt", "step": str(step)})
+        torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
+        state_text = json.dumps(
+            {**trainer_state, "format_version": STATE_FORMAT_VERSION, "step": step}
+        )
+        (tmp / STATE_FILE).write_text(state_text, encoding="utf-8")
+        for name in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE):
+            _fsync_file(tmp / name)
+        fsync_dir(tmp)
+        old = None
+        if final.exists():  # an incomplete leftover, or a re-save of this step: move it aside
+            old = directory / f".{final.name}.old-{os.getpid()}-{time.time_ns()}"
+            os.replace(final, old)
+        os.replace(tmp, final)
+        fsync_dir(directory)
+        marker = final / MARKER_FILE
+        marker.write_text(f"{step}\n", encoding="utf-8")
+        _fsync_file(marker)
+        fsync_dir(final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(tmp)
+        what = "disk full" if exc.errno == 28 else (exc.strerror or str(exc))
+        raise CheckpointError(
+            f"cannot save checkpoint {final}: {what}",
+            "free space (or fix permissions); the previous checkpoint is intact and is used next time",
+        ) from exc
+    return CheckpointRef(final, step)
+
+
+def clean_temporaries(directory: Path) -> None:
+    """Remove temporary directories left by a save that was killed (we hold the lock)."""
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.name.startswith(".step-") and (".tmp-" in entry.name or ".old-" in entry.name):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def rotate_checkpoints(
+    directory: Path, keep: int, protect: set[int], warn: Warn | None = None
+) -> list[int]:
+    """Delete complete checkpoints beyond the newest ``keep`` (never those in ``protect``).
+
+    Incomplete directories older than the newest complete checkpoint are removed too.
+    Returns the deleted steps.
+    """
+    refs = list_checkpoints(directory)
+    complete = [r for r in refs if r.complete]
+    if not complete:
+        return []
+    newest = complete[-1].step
+    keep_steps = {r.step for r in complete[-max(1, keep) :]} | protect | {newest}
+    deleted = []
+    for ref in refs:
+        if ref.step in keep_steps:
+            continue
+        if not ref.complete and ref.step > newest:
+            continue  # may become a checkpoint of its own later; never ours to judge
+        # rename first so a crash mid-delete never leaves a half-deleted "complete" checkpoint
+        doomed = directory / f".{ref.path.name}.old-{os.getpid()}-{time.time_ns()}"
+        try:
+            os.replace(ref.path, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+            deleted.append(ref.step)
+        except OSError as exc:
+            if warn:
+                warn(f"could not delete old checkpoint {ref.path.name}: {exc.strerror}")
+    if deleted:
+        fsync_dir(directory)
+    return deleted
+
+
+def load_model_state(ref: CheckpointRef) -> dict[str, Any]:
+    """The weights of a checkpoint (CPU tensors)."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(ref.path / MODEL_FILE))
+    except Exception as exc:  # damaged file: one clear line
+        raise CheckpointError(
+            f"{ref.path / MODEL_FILE}: unreadable ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def load_optimizer_state(ref: CheckpointRef) -> dict[str, Any]:
+    """Optimizer/scaler state, loaded with ``weights_only=True`` (a crafted pickle cannot run code)."""
+    import pickle
+
+    import torch
+
+    path = ref.path / OPTIMIZER_FILE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path}: refused or unreadable ({first[:200]})",
+            "use --reset-optimizer to start fresh optimizer moments, or an earlier checkpoint",
+        ) from None
+
+
+def checkpoint_summary(directory: Path, warn: Warn | None = None) -> dict[str, Any] | None:
+    """The latest checkpoint as ``status`` shows it (DESIGN.md §9); reads JSON only, no torch."""
+    ref = latest_checkpoint(directory, warn=warn)
+    if ref is None:
+        return None
+    state = ref.read_state()
+    run = state.get("run") or {}
+    pending = None
+    if not state.get("run_complete", True):
+        pending = {
+            "run_id": state.get("run_id"),
+            "shards": run.get("shard_ids", []),
+            "steps_done": run.get("steps_done"),
+            "steps_total": run.get("total_steps"),
+        }
+    return {
+        "step": ref.step,
+        "tokens_seen": state.get("tokens_seen", 0),
+        "path": str(ref.path),
+        "time": state.get("created"),
+        "pending_run": pending,
+        "seen": state.get("seen", {}),
+    }

@@ -1,0 +1,236 @@
+"""The optimizer-step loop of one run: batches, accumulation, AMP, clipping, eval, checkpoints.
+
+One global batch of ``batch_size`` rows is one optimizer step. Rank ``k`` of
+``W`` trains ``batch[k::W]`` in micro-batches of ``micro_batch_size``; the loss
+of every micro-batch is its token-loss sum divided by the global batch's count
+of valid targets (times W, since DDP averages gradients), so padding,
+accumulation and world size never change the update (DESIGN.md §3). The final
+partial batch of an epoch is trained, not dropped.
+
+Stops happen only between optimizer steps: a checkpoint then holds everything
+to continue bit for bit — the sampler position, optimizer moments, the RNG of
+every rank — and the learning rate is a pure function of the step.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from allllm.config import TrainConfig
+from allllm.data.sampler import RowSampler
+from allllm.train.distributed import DistInfo, all_reduce_sum, gradient_sync
+from allllm.train.evaluate import evaluate_rows
+from allllm.train.precision import Precision
+from allllm.train.run_plan import RunData, RunPlan
+from allllm.train.schedule import lr_at
+
+
+class StepReporter(Protocol):
+    def step(self, record: dict[str, Any]) -> None: ...
+    def evaluated(self, record: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class Bounds:
+    """Per-invocation limits (``--max-steps``, ``--max-tokens``, ``--max-time``)."""
+
+    max_steps: int | None = None
+    max_tokens: int | None = None
+    max_time: float | None = None
+    started: float = field(default_factory=time.monotonic)
+    steps: int = 0
+    tokens: int = 0
+
+    def reached(self) -> str | None:
+        if self.max_steps is not None and self.steps >= self.max_steps:
+            return f"--max-steps {self.max_steps}"
+        if self.max_tokens is not None and self.tokens >= self.max_tokens:
+            return f"--max-tokens {self.max_tokens}"
+        if self.max_time is not None and time.monotonic() - self.started >= self.max_time:
+            return f"--max-time {self.max_time:g}s"
+        return None
+
+
+@dataclass
+class LoopContext:
+    """Everything the loop needs that outlives one run."""
+
+    model: torch.nn.Module  # possibly wrapped (DDP / FSDP / compiled)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    precision: Precision
+    device: torch.device
+    info: DistInfo
+    bounds: Bounds
+    stop_requested: Callable[[], bool]
+    eval_sets: list[tuple[str, Any, np.ndarray]]  # (name, dataset, rows): fixed eval rows
+    flops_per_token: float
+    peak_flops: float | None
+    log_metrics: Callable[[dict[str, Any]], None]
+    reporter: StepReporter | None
+    step: int = 0  # global optimizer step
+    tokens_seen: int = 0
+    last_loss: float | None = None
+    last_val_loss: float | None = None
+
+
+@dataclass
+class LoopOutcome:
+    """Why the loop returned."""
+
+    finished: bool  # the run trained its last step
+    reason: str | None = None  # the bound or signal that stopped it early
+
+
+def _micro_batches(rows: np.ndarray, size: int) -> list[np.ndarray]:
+    return [rows[i : i + size] for i in range(0, rows.size, size)]
+
+
+def train_run(
+    ctx: LoopContext,
+    plan: RunPlan,
+    data: RunData,
+    train: TrainConfig,
+    *,
+    save: Callable[[], None],
+    checkpoint_every: int,
+    eval_every: int,
+) -> LoopOutcome:
+    """Train ``plan`` from its stored sampler position until it ends or a bound/signal stops it."""
+    info = ctx.info
+    sampler = RowSampler(
+        plan.n_rows,
+        plan.batch_size,
+        seed=plan.order_seed,
+        rank=info.rank,
+        world_size=info.world_size,
+        epochs=plan.epochs,
+    )
+    if plan.sampler:
+        sampler.load_state_dict(plan.sampler)
+    model, optimizer = ctx.model, ctx.optimizer
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    window_start, window_tokens = time.perf_counter(), 0
+    while not sampler.finished:
+        bound = ctx.bounds.reached()
+        # one collective decides for every rank (max_time and signals differ between ranks)
+        stop, bounded = all_reduce_sum(
+            [float(ctx.stop_requested()), float(bound is not None)], info, ctx.device
+        )
+        reason = "signal" if stop else (bound or "--max-time" if bounded else None)
+        if reason:
+            save()
+            return LoopOutcome(finished=False, reason=reason)
+        batch = sampler.next_global_batch()
+        assert batch is not None
+        mine = data.rows[batch[info.rank :: info.world_size]]
+        lr = lr_at(ctx.step - plan.start_step, plan.total_steps, train)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum, targets, tokens = _accumulate(ctx, data, mine, train.micro_batch_size)
+        if ctx.scaler.is_enabled():
+            ctx.scaler.unscale_(optimizer)
+        clip = train.grad_clip if train.grad_clip > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        ctx.scaler.step(optimizer)
+        ctx.scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        ctx.step += 1
+        ctx.tokens_seen += tokens
+        ctx.bounds.steps += 1
+        ctx.bounds.tokens += tokens
+        plan.steps_done += 1
+        plan.tokens_done += tokens
+        plan.sampler = sampler.state_dict()
+        ctx.last_loss = loss_sum / max(1, targets)
+        window_tokens += tokens
+        now = time.perf_counter()
+        tok_s = window_tokens / max(now - window_start, 1e-9)
+        window_start, window_tokens = now, 0
+        record = {
+            "step": ctx.step,
+            "tokens": ctx.tokens_seen,
+            "loss": ctx.last_loss,
+            "lr": lr,
+            "time": time.time(),
+            "run_id": plan.run_id,
+            "run_step": plan.steps_done,
+            "run_steps": plan.total_steps,
+            "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
+            "tokens_per_s": tok_s,
+        }
+        if ctx.peak_flops:
+            record["mfu"] = tok_s * ctx.flops_per_token / ctx.peak_flops
+        last = sampler.finished
+        if (eval_every and ctx.step % eval_every == 0) or last:
+            record.update(run_evals(ctx, train.micro_batch_size))
+        if info.is_main:
+            ctx.log_metrics(record)
+        if ctx.reporter:
+            ctx.reporter.step(record)
+        if not last and ctx.step % checkpoint_every == 0:
+            save()
+    return LoopOutcome(finished=True)
+
+
+def _accumulate(
+    ctx: LoopContext, data: RunData, rows: np.ndarray, micro_batch_size: int
+) -> tuple[float, int, int]:
+    """Forward/backward over this rank's rows; returns global (loss sum, targets, tokens)."""
+    info, device = ctx.info, ctx.device
+    chunks = [data.dataset.fetch(mb) for mb in _micro_batches(rows, micro_batch_size)]
+    local_targets = sum(int((lengths - 1).clamp(min=0).sum()) for _, lengths in chunks)
+    local_tokens = sum(int(lengths.sum()) for _, lengths in chunks)
+    global_targets, global_tokens = all_reduce_sum(
+        [float(local_targets), float(local_tokens)], info, device
+    )
+    denom = max(global_targets, 1.0) / info.world_size
+    loss_total = 0.0
+    if not chunks:  # this rank has no rows in a final partial batch: join the all-reduce anyway
+        ids = torch.zeros((1, data.dataset.seq_len), dtype=torch.long)
+        chunks = [(ids, torch.ones(1, dtype=torch.long))]
+    pin = device.type == "cuda"
+    for i, (ids, lengths) in enumerate(chunks):
+        if pin:
+            ids, lengths = ids.pin_memory(), lengths.pin_memory()
+        ids = ids.to(device, non_blocking=True)
+        lengths = lengths.to(device, non_blocking=True)
+        with gradient_sync(ctx.model, sync=i == len(chunks) - 1), ctx.precision.autocast():
+            loss_sum, _count = ctx.model(ids, lengths, return_loss=True)
+            loss = loss_sum / denom
+        ctx.scaler.scale(loss).backward()
+        loss_total += float(loss_sum.detach())
+    (loss_total,) = all_reduce_sum([loss_total], info, device)
+    return loss_total, int(global_targets), int(global_tokens)
+
+
+def run_evals(ctx: LoopContext, micro_batch_size: int) -> dict[str, Any]:
+    """Validation losses on the fixed eval sets (no training RNG is touched)."""
+    out: dict[str, Any] = {}
+    for name, dataset, rows in ctx.eval_sets:
+        if rows.size == 0:
+            continue
+        total, count = evaluate_rows(
+            ctx.model,
+            dataset,
+            rows,
+            micro_batch_size=micro_batch_size,
+            device=ctx.device,
+            autocast=ctx.precision.autocast,
+            info=ctx.info,
+        )
+        if count:
+            out[name] = total / count
+    if "val_loss" in out:
+        ctx.last_val_loss = out["val_loss"]
+    if out and ctx.reporter:
+        ctx.reporter.evaluated({"step": ctx.step, **out})
+    return out

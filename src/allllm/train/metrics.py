@@ -1,0 +1,102 @@
+"""What a training run leaves behind besides weights: metrics.jsonl, runs.jsonl, dashboards.
+
+``metrics.jsonl`` (append-only, one object a line, DESIGN.md §9): ``step``,
+``tokens`` (cumulative tokens trained), ``loss``, ``lr``, ``time`` (unix
+seconds), plus ``run_id``, ``grad_norm``, ``tokens_per_s``, ``elapsed``, and
+``val_loss`` on the steps where it was measured. After a crash the resumed run
+writes the replayed steps again; readers keep the last line of each step.
+
+``runs.jsonl`` (append-only): one line per finished run. It lives beside the
+checkpoints and is never rotated.
+
+TensorBoard (``train.tensorboard``) and Weights & Biases (``train.wandb``) are
+used only when their packages are installed; otherwise one clear message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from allllm.errors import ConfigError
+
+METRICS_FILE = "metrics.jsonl"
+RUNS_FILE = "runs.jsonl"
+
+
+def _append_line(path: Path, record: dict[str, Any], durable: bool = False) -> None:
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every well-formed line of a jsonl file (a line torn by a crash is skipped)."""
+    out = []
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    item = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(item, dict):
+                    out.append(item)
+    except FileNotFoundError:
+        return []
+    return out
+
+
+class MetricsLog:
+    """Writes metrics (rank 0 only) to metrics.jsonl and the optional dashboards."""
+
+    def __init__(
+        self, checkpoint_dir: Path, *, tensorboard: bool, wandb: bool, run_name: str, config: dict
+    ) -> None:
+        self.path = checkpoint_dir / METRICS_FILE
+        self.runs_path = checkpoint_dir / RUNS_FILE
+        self._tb = None
+        self._wandb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError(
+                    "train.tensorboard is on but TensorBoard is not installed",
+                    "pip install tensorboard, or set train.tensorboard to false",
+                ) from None
+            self._tb = SummaryWriter(log_dir=str(checkpoint_dir / "tensorboard"))
+        if wandb:
+            try:
+                import wandb as wandb_mod
+            except ImportError:
+                raise ConfigError(
+                    "train.wandb is on but wandb is not installed",
+                    "pip install wandb, or set train.wandb to false",
+                ) from None
+            self._wandb = wandb_mod.init(
+                project="allllm", name=run_name, config=config, resume="allow"
+            )
+
+    def log(self, record: dict[str, Any]) -> None:
+        _append_line(self.path, record)
+        step = int(record["step"])
+        if self._tb is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key not in ("step", "time"):
+                    self._tb.add_scalar(f"train/{key}", value, step)
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in record.items() if k != "step"}, step=step)
+
+    def log_run(self, record: dict[str, Any]) -> None:
+        _append_line(self.runs_path, record, durable=True)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()

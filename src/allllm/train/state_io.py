@@ -1,0 +1,73 @@
+"""Model and optimizer state in and out of a (possibly sharded or wrapped) model.
+
+Checkpoints always hold full, unsharded tensors keyed by parameter name, so a
+run saved under FSDP resumes under DDP, on one process, or on another number
+of ranks — and ``allllm export`` reads them without any distributed setup.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from allllm.errors import CheckpointError
+from allllm.train.distributed import unwrap
+
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Full weights (CPU), gathered from shards when the model is sharded (collective)."""
+    return get_model_state_dict(unwrap(model), options=_FULL)
+
+
+def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Full optimizer state keyed by parameter name (collective when sharded)."""
+    return get_optimizer_state_dict(unwrap(model), optimizer, options=_FULL)
+
+
+def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """Load full weights; missing/unexpected keys or wrong shapes are one clear error."""
+    inner = unwrap(model)
+    own = inner.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(
+                f"unexpected {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}"
+            )
+        if wrong:
+            k = wrong[0]
+            parts.append(
+                f"shape of {k} is {tuple(state[k].shape)}, the model needs {tuple(own[k].shape)}"
+            )
+        raise CheckpointError(f"{where}: weights do not fit the model: {'; '.join(parts)}")
+    set_model_state_dict(inner, state, options=StateDictOptions(full_state_dict=True))
+
+
+def load_optimizer_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], where: str
+) -> None:
+    """Load the optimizer state saved by :func:`optimizer_state`."""
+    try:
+        set_optimizer_state_dict(
+            unwrap(model), optimizer, state, options=StateDictOptions(full_state_dict=True)
+        )
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{where}: optimizer state does not fit this model ({type(exc).__name__}: {exc})",
+            "start fresh optimizer moments with --reset-optimizer",
+        ) from None

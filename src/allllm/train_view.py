@@ -1,0 +1,160 @@
+"""Terminal display of ``allllm train``: a live status line, messages and summaries.
+
+The trainer reports through the ``Reporter`` protocol (``train/session.py``);
+this module draws it with rich — a progress bar with step/total, loss, lr,
+tokens/s (MFU on GPU) and ETA — so the library stays usable headless.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
+
+from allllm.config import format_count
+
+
+class RichTrainReporter:
+    """Live progress for rank 0; other ranks stay silent except for warnings."""
+
+    def __init__(self, console: Console, *, quiet: bool = False, main: bool = True) -> None:
+        self.console = console
+        self.quiet = quiet
+        self.main = main
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        self._last: dict[str, Any] = {}
+
+    # -- messages -----------------------------------------------------------------------------
+    def message(self, text: str) -> None:
+        if self.main and not self.quiet:
+            self.console.print(escape(text), soft_wrap=True)
+
+    def warn(self, text: str) -> None:
+        if self.main:
+            self.console.print(f"[yellow]warning:[/yellow] {escape(text)}", soft_wrap=True)
+
+    # -- runs ---------------------------------------------------------------------------------
+    def run_started(self, info: dict[str, Any]) -> None:
+        if not self.main or self.quiet:
+            return
+        verb = "resuming pending run" if info["resumed"] else "new run"
+        shards = info["shards"]
+        listed = escape(
+            ", ".join(shards[:3]) + (f" (+{len(shards) - 3} more)" if len(shards) > 3 else "")
+        )
+        replay = f" + {info['replay_rows']:,} replay rows" if info["replay_rows"] else ""
+        self.console.print(
+            f"[bold]{verb} {info['run_id'][:12]}[/bold]: {len(shards)} shard(s) [{listed}], "
+            f"{info['rows']:,} rows{replay} × {info['epochs']} epoch(s) = {info['total_steps']} steps, "
+            f"{format_count(info['total_tokens'])} tokens",
+            soft_wrap=True,
+        )
+        self._progress = Progress(
+            TextColumn("step {task.fields[step]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task(
+            "train",
+            total=info["total_steps"],
+            completed=info["steps_done"],
+            step=info["step"],
+            stats="",
+        )
+
+    def step(self, record: dict[str, Any]) -> None:
+        self._last = record
+        if self._progress is None or self._task is None:
+            return
+        stats = (
+            f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s"
+        )
+        if "mfu" in record:
+            stats += f"  MFU {record['mfu']:.1%}"
+        if "val_loss" in record:
+            stats += f"  val {record['val_loss']:.4f}"
+        self._progress.update(
+            self._task, completed=record["run_step"], step=record["step"], stats=stats
+        )
+
+    def evaluated(self, record: dict[str, Any]) -> None:
+        if self._progress is not None and not self.quiet:
+            parts = [f"{k} {v:.4f}" for k, v in record.items() if k != "step"]
+            self._progress.console.print(f"step {record['step']}: " + "  ".join(parts))
+
+    def checkpoint_saved(self, path: str, step: int) -> None:
+        if self.main and not self.quiet:
+            target = self._progress.console if self._progress else self.console
+            target.print(f"[dim]checkpoint {escape(path)}[/dim]")
+
+    def run_finished(self, summary: dict[str, Any]) -> None:
+        self.close()
+        if not self.main or self.quiet:
+            return
+        loss = summary.get("final_loss")
+        val = summary.get("final_val_loss")
+        self.console.print(
+            f"[bold green]run {summary['run_id'][:12]} done[/bold green]: {len(summary['shards'])} "
+            f"shard(s), {format_count(summary['tokens'])} tokens, steps {summary['start_step']}→"
+            f"{summary['end_step']}, {summary.get('seconds', 0):.0f}s"
+            + (f", loss {loss:.4f}" if loss is not None else "")
+            + (f", val {val:.4f}" if val is not None else ""),
+            soft_wrap=True,
+        )
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+            self._task = None
+
+
+def render_dry_run(plan: dict[str, Any], console: Console) -> None:
+    """What ``train --dry-run`` prints."""
+    pending, new, est = plan.get("pending"), plan.get("new"), plan.get("estimate")
+    console.print(f"[bold]dry run[/bold] — nothing is trained or written (at step {plan['step']})")
+    for label, run in (("pending run (finished first)", pending), ("new run", new)):
+        if not run:
+            continue
+        shards = [", ".join(files.values()) for files in run["shard_files"].values()]
+        replay = sum(len(r) for r in run["replay"].values())
+        console.print(
+            f"{label} {run['run_id'][:12]}: {len(shards)} shard(s), {run['n_rows']:,} rows"
+            + (f" (incl. {replay:,} replay)" if replay else "")
+            + f", {run['epochs']} epoch(s), steps {run['steps_done']}/{run['total_steps']}, "
+            f"{format_count(run['total_tokens'])} tokens",
+            soft_wrap=True,
+        )
+        for name in shards:
+            console.print(f"  {escape(name)}", soft_wrap=True)
+    if not pending and not new:
+        console.print("nothing to train")
+    if est:
+        console.print(
+            f"estimate: {est['seconds_per_step']:.2f} s/step × {est['steps']} steps ≈ "
+            f"{_duration(est['seconds_total'])}; {format_count(est['parameters'])} parameters; memory ≈ "
+            f"{est['peak_bytes'] / 2**30:.2f} GiB {est['memory_where']} "
+            f"(weights+grads+AdamW {est['static_bytes'] / 2**30:.2f} GiB)",
+            soft_wrap=True,
+        )
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")

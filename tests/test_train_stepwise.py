@@ -100,13 +100,13 @@ def test_bounded_run_resumes_to_identical_weights(
 
     monkeypatch.chdir(ws)
     tokenize(load_config(model="micro"))
-    part, rep = _train(only_new=True, max_steps=3)
+    part, _ = _train(only_new=True, max_steps=3)
     assert part.status == "bounded" and part.exit_code == 0 and part.step == 3
     assert latest_checkpoint(ws / "checkpoints/micro").step == 3  # exactly there
     assert not (ws / "checkpoints/micro/seen_datasets.json").exists() or not _seen(ws)
     part2, _ = _train(only_new=True, max_tokens=1)  # one more step, then stop
     assert part2.step == 4 and part2.status == "bounded"
-    rest, rep = _train(only_new=True)
+    rest, _ = _train(only_new=True)
     assert rest.status == "trained" and rest.step == full.step
     assert same_weights(weights(ws), ref_weights)
     assert (

@@ -443,7 +443,9 @@ def train_cmd(
     from allllm.train_view import RichTrainReporter, render_dry_run
 
     main_rank = env_dist_info().is_main
-    reporter = RichTrainReporter(_console(stderr=as_json), quiet=quiet, main=main_rank)
+    reporter = RichTrainReporter(
+        _console(stderr=as_json), _console(stderr=True), quiet=quiet, main=main_rank
+    )
     try:
         result = train(cfg, options, reporter)
     finally:
@@ -479,7 +481,9 @@ def main(argv: list[str] | None = None) -> None:
     if "--debug" in args:
         _state["debug"] = True
     try:
-        app(args=args, prog_name="allllm", standalone_mode=False)
+        code = app(args=args, prog_name="allllm", standalone_mode=False)
+        if isinstance(code, int) and code:  # click returns typer.Exit's code in this mode
+            sys.exit(code)
     except typer.Exit as exc:
         sys.exit(getattr(exc, "exit_code", 0))
     except typer.Abort:

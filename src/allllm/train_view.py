@@ -26,8 +26,11 @@ from allllm.config import format_count
 class RichTrainReporter:
     """Live progress for rank 0; other ranks stay silent except for warnings."""
 
-    def __init__(self, console: Console, *, quiet: bool = False, main: bool = True) -> None:
+    def __init__(
+        self, console: Console, err_console: Console, *, quiet: bool = False, main: bool = True
+    ) -> None:
         self.console = console
+        self.err_console = err_console
         self.quiet = quiet
         self.main = main
         self._progress: Progress | None = None
@@ -41,7 +44,7 @@ class RichTrainReporter:
 
     def warn(self, text: str) -> None:
         if self.main:
-            self.console.print(f"[yellow]warning:[/yellow] {escape(text)}", soft_wrap=True)
+            self.err_console.print(f"[yellow]warning:[/yellow] {escape(text)}", soft_wrap=True)
 
     # -- runs ---------------------------------------------------------------------------------
     def run_started(self, info: dict[str, Any]) -> None:

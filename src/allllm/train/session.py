@@ -221,12 +221,16 @@ def decide_start(
             )
     ckpt_seen = state.get("seen", {}) if state else None
     seen_file = seen_path(ckpt_dir)
+    existed = seen_file.exists()
     file_map = load_seen(
         seen_file, rebuild_from=lambda: ckpt_seen, repair=not opts.dry_run, warn=reporter.warn
     )
     seen = reconcile(file_map, ckpt_seen, warn=reporter.warn)
-    if state is not None and seen_differences(file_map, seen) and not opts.dry_run:
-        save_seen(seen_file, seen)  # the file is a view of the latest checkpoint
+    if state is not None and not opts.dry_run:
+        if not existed and len(seen):
+            reporter.warn(f"{seen_file} was missing; rebuilt it from the latest checkpoint")
+        if not existed or seen_differences(file_map, seen):
+            save_seen(seen_file, seen)  # the file is a view of the latest checkpoint
     pending = None
     if state is not None and not state.get("run_complete", True):
         pending = state.get("run")

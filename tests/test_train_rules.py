@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from train_helpers import add_raw, make_workspace, same_weights, weights
 
 from allllm.config import TrainConfig, load_config
 from allllm.data.tokenize import tokenize
@@ -19,6 +19,7 @@ from allllm.train.checkpoint import MARKER_FILE, latest_checkpoint, list_checkpo
 from allllm.train.schedule import effective_warmup, lr_at
 from allllm.train.session import QuietReporter, TrainOptions
 from allllm.train.trainer import train
+from train_helpers import add_raw, make_workspace, same_weights, weights
 
 CKPT = Path("checkpoints/micro")
 
@@ -131,10 +132,10 @@ def test_reset_optimizer_changes_the_update(
 
 def test_pending_run_is_finished_first_then_new_shards(ws: Path) -> None:
     tokenize(load_config(model="micro"))
-    part, _ = _train(only_new=True, max_steps=2)
+    _part, _ = _train(only_new=True, max_steps=2)
     add_raw(ws, "part2.txt", seed=2)
     tokenize(load_config(model="micro"))
-    result, rep = _train(only_new=True)
+    result, _rep = _train(only_new=True)
     assert len(result.runs) == 2  # the pending run, then the new shard
     assert len(result.runs[0]["shards"]) == 2 and len(result.runs[1]["shards"]) == 1
     assert result.runs[1]["start_step"] == result.runs[0]["end_step"]
@@ -164,7 +165,7 @@ def test_deleted_shard_is_missing_and_pending_run_says_abandon(ws: Path) -> None
 
 def test_seen_file_deleted_or_corrupt_is_rebuilt_from_checkpoint(ws: Path) -> None:
     tokenize(load_config(model="micro"))
-    first, _ = _train(only_new=True)
+    _first, _ = _train(only_new=True)
     records = _seen(ws)
     (ws / CKPT / "seen_datasets.json").unlink()
     again, _ = _train(only_new=True)
@@ -243,7 +244,7 @@ def test_schedules() -> None:
     assert effective_warmup(10, 50) == 5  # clamped to 10% of a short run
     lrs = [lr_at(s, 200, cos) for s in range(200)]
     assert lrs[0] < lrs[9] <= 1.0 and abs(lrs[10] - 1.0) < 1e-9
-    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs))
     assert abs(lrs[-1] - 0.1) < 1e-3
     wsd = TrainConfig(lr=1.0, min_lr=0.0, warmup_steps=0, schedule="wsd", decay_fraction=0.25)
     w = [lr_at(s, 100, wsd) for s in range(100)]

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from train_helpers import cli, make_workspace, same_weights, seen, weights
 
 pytestmark = pytest.mark.slow

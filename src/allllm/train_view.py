@@ -57,7 +57,7 @@ class RichTrainReporter:
         )
         replay = f" + {info['replay_rows']:,} replay rows" if info["replay_rows"] else ""
         self.console.print(
-            f"[bold]{verb} {info['run_id'][:12]}[/bold]: {len(shards)} shard(s) [{listed}], "
+            f"[bold]{verb} {info['run_id'][:12]}[/bold]: {len(shards)} shard(s) ({listed}), "
             f"{info['rows']:,} rows{replay} × {info['epochs']} epoch(s) = {info['total_steps']} steps, "
             f"{format_count(info['total_tokens'])} tokens",
             soft_wrap=True,

@@ -90,6 +90,15 @@ def all_reduce_sum(values: list[float], info: DistInfo, device: torch.device) ->
     return t.tolist()
 
 
+def all_reduce_max(value: int, info: DistInfo, device: torch.device) -> int:
+    """The largest ``value`` of any rank."""
+    if not info.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
     """True on every rank if it is true on any rank (collective stop decisions)."""
     if not info.enabled:

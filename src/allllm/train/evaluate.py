@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from allllm.data.dataset import ShardDataset
-from allllm.train.distributed import DistInfo, all_reduce_sum
+from allllm.train.distributed import DistInfo, all_reduce_max, all_reduce_sum
 
 
 @torch.no_grad()
@@ -38,14 +38,23 @@ def evaluate_rows(
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
+    batches = [mine[i : i + micro_batch_size] for i in range(0, mine.size, micro_batch_size)]
+    # equal numbers of forwards on every rank: under FSDP each forward is a collective
+    n_batches = all_reduce_max(len(batches), info, device)
     try:
-        for start in range(0, mine.size, micro_batch_size):
-            batch = mine[start : start + micro_batch_size]
-            ids, lengths = dataset.fetch(batch)
+        for k in range(n_batches):
+            batch = batches[k] if k < len(batches) else None
+            if batch is None:  # this rank is out of rows: a dummy forward, not counted
+                ids = torch.zeros((1, dataset.seq_len), dtype=torch.long)
+                lengths = torch.ones(1, dtype=torch.long)
+            else:
+                ids, lengths = dataset.fetch(batch)
             ids = ids.to(device, non_blocking=True)
             lengths = lengths.to(device, non_blocking=True)
             with autocast():  # type: ignore[attr-defined]
                 loss_sum, n = model(ids, lengths, return_loss=True)
+            if batch is None:
+                continue
             total += float(loss_sum)
             count += int(n)
             if progress:

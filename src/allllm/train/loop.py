@@ -25,7 +25,7 @@ import torch
 
 from allllm.config import TrainConfig
 from allllm.data.sampler import RowSampler
-from allllm.train.distributed import DistInfo, all_reduce_sum, gradient_sync
+from allllm.train.distributed import DistInfo, all_reduce_max, all_reduce_sum, gradient_sync
 from allllm.train.evaluate import evaluate_rows
 from allllm.train.precision import Precision
 from allllm.train.run_plan import RunData, RunPlan
@@ -194,9 +194,15 @@ def _accumulate(
     )
     denom = max(global_targets, 1.0) / info.world_size
     loss_total = 0.0
-    if not chunks:  # this rank has no rows in a final partial batch: join the all-reduce anyway
-        ids = torch.zeros((1, data.dataset.seq_len), dtype=torch.long)
-        chunks = [(ids, torch.ones(1, dtype=torch.long))]
+    # Every rank runs the same number of micro-steps: under FSDP each forward and backward is a
+    # collective, and in a final partial batch some ranks have fewer rows (or none). The extra
+    # micro-steps run a dummy row whose loss has no targets, so they add nothing.
+    n_micro = all_reduce_max(len(chunks), info, device)
+    dummy = (
+        torch.zeros((1, data.dataset.seq_len), dtype=torch.long),
+        torch.ones(1, dtype=torch.long),
+    )
+    chunks += [dummy] * (n_micro - len(chunks))
     pin = device.type == "cuda"
     for i, (ids, lengths) in enumerate(chunks):
         if pin:

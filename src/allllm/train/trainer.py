@@ -152,18 +152,19 @@ class _Trainer:
         if start.abandoned and not opts.dry_run and info.is_main:
             set_aside(start.abandoned, self.reporter)
         model, step, tokens_seen = self._build_model(start)
-        optimizer = make_optimizer(model, cfg.train, self.device)
+        # wrap before the optimizer exists: FSDP2 replaces the parameters with sharded ones
+        wrapped = wrap_model(model, info, self.device, cfg.train.fsdp)
+        optimizer = make_optimizer(wrapped, cfg.train, self.device)
         scaler = self.precision.grad_scaler()
         if start.checkpoint is not None and not opts.reset_optimizer:
             ref = ckpt_io.CheckpointRef(start.checkpoint, step)
             osd = ckpt_io.load_optimizer_state(ref)
             scaler_state = osd.pop("grad_scaler", None)
-            load_optimizer_state(model, optimizer, osd, str(ref.path / ckpt_io.OPTIMIZER_FILE))
+            load_optimizer_state(wrapped, optimizer, osd, str(ref.path / ckpt_io.OPTIMIZER_FILE))
             if scaler_state and scaler.is_enabled():
                 scaler.load_state_dict(scaler_state)
         elif start.checkpoint is not None:
             self.reporter.warn("--reset-optimizer: starting with fresh optimizer moments")
-        wrapped = wrap_model(model, info, self.device, cfg.train.fsdp)
         if cfg.train.compile:
             wrapped = torch.compile(wrapped)  # type: ignore[assignment]
         if info.is_main and not opts.dry_run:

@@ -244,7 +244,7 @@ def test_schedules() -> None:
     assert effective_warmup(10, 50) == 5  # clamped to 10% of a short run
     lrs = [lr_at(s, 200, cos) for s in range(200)]
     assert lrs[0] < lrs[9] <= 1.0 and abs(lrs[10] - 1.0) < 1e-9
-    assert all(a >= b for a, b in itertools.pairwise(lrs))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
     assert abs(lrs[-1] - 0.1) < 1e-3
     wsd = TrainConfig(lr=1.0, min_lr=0.0, warmup_steps=0, schedule="wsd", decay_fraction=0.25)
     w = [lr_at(s, 100, wsd) for s in range(100)]

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from allllm.errors import CheckpointError
+from allllm.faults import fault_point
 from allllm.fsutil import fsync_dir
 
 MODEL_FILE = "model.safetensors"
@@ -183,12 +184,14 @@ def save_checkpoint(
         for name in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE):
             _fsync_file(tmp / name)
         fsync_dir(tmp)
+        fault_point("checkpoint.files")
         old = None
         if final.exists():  # an incomplete leftover, or a re-save of this step: move it aside
             old = directory / f".{final.name}.old-{os.getpid()}-{time.time_ns()}"
             os.replace(final, old)
         os.replace(tmp, final)
         fsync_dir(directory)
+        fault_point("checkpoint.renamed")
         marker = final / MARKER_FILE
         marker.write_text(f"{step}\n", encoding="utf-8")
         _fsync_file(marker)
@@ -241,6 +244,7 @@ def rotate_checkpoints(
         doomed = directory / f".{ref.path.name}.old-{os.getpid()}-{time.time_ns()}"
         try:
             os.replace(ref.path, doomed)
+            fault_point("checkpoint.rotate")
             shutil.rmtree(doomed, ignore_errors=True)
             deleted.append(ref.step)
         except OSError as exc:

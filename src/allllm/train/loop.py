@@ -25,6 +25,7 @@ import torch
 
 from allllm.config import TrainConfig
 from allllm.data.sampler import RowSampler
+from allllm.faults import fault_point
 from allllm.train.distributed import DistInfo, all_reduce_max, all_reduce_sum, gradient_sync
 from allllm.train.evaluate import evaluate_rows
 from allllm.train.precision import Precision
@@ -138,6 +139,7 @@ def train_run(
         loss_sum, targets, tokens = _accumulate(ctx, data, mine, train.micro_batch_size)
         if ctx.scaler.is_enabled():
             ctx.scaler.unscale_(optimizer)
+        fault_point("train.step")
         clip = train.grad_clip if train.grad_clip > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
         ctx.scaler.step(optimizer)

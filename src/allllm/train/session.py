@@ -34,6 +34,7 @@ from allllm.data.seen import (
 )
 from allllm.data.shards import utc_iso
 from allllm.errors import AllllmError, CheckpointError
+from allllm.faults import fault_point
 from allllm.train.checkpoint import (
     CheckpointRef,
     clean_temporaries,
@@ -231,6 +232,13 @@ def decide_start(
             reporter.warn(f"{seen_file} was missing; rebuilt it from the latest checkpoint")
         if not existed or seen_differences(file_map, seen):
             save_seen(seen_file, seen)  # the file is a view of the latest checkpoint
+    if (
+        state is not None
+        and state.get("run_complete")
+        and state.get("run_summary")
+        and not opts.dry_run
+    ):
+        log_run_once(ckpt_dir, state["run_summary"])  # a crash may have come before the line
     pending = None
     if state is not None and not state.get("run_complete", True):
         pending = state.get("run")
@@ -356,15 +364,22 @@ def run_summary(
 
 def write_records(ckpt_dir: Path, seen: dict[str, Any], summary: dict[str, Any] | None) -> None:
     """After the completing checkpoint is durable: seen_datasets.json, then runs.jsonl."""
-    from allllm.train.metrics import RUNS_FILE, _append_line, read_jsonl
-
+    fault_point("train.before_seen")
     save_seen(
         seen_path(ckpt_dir), SeenMap.from_dict({"format_version": 1, "shards": seen}, "trainer")
     )
+    fault_point("train.before_runs")
     if summary is not None:
-        runs = ckpt_dir / RUNS_FILE
-        if not any(r.get("run_id") == summary["run_id"] for r in read_jsonl(runs)):
-            _append_line(runs, summary, durable=True)
+        log_run_once(ckpt_dir, summary)
+
+
+def log_run_once(ckpt_dir: Path, summary: dict[str, Any]) -> None:
+    """Append the run's ``runs.jsonl`` line unless it is already there (crash-safe re-logging)."""
+    from allllm.train.metrics import RUNS_FILE, _append_line, read_jsonl
+
+    runs = ckpt_dir / RUNS_FILE
+    if not any(r.get("run_id") == summary["run_id"] for r in read_jsonl(runs)):
+        _append_line(runs, summary, durable=True)
 
 
 __all__ = [

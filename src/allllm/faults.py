@@ -1,0 +1,48 @@
+"""Named fault points for the fault-injection test suite (never active in normal use).
+
+``ALLLLM_FAULT=<point>[:<n>]`` makes the process SIGKILL itself the n-th time
+(default: first) it passes ``fault_point("<point>")`` — exactly what a power
+cut or an OOM kill does at that moment. The suite uses it to prove that no
+crash point loses data, trains a shard twice or leaves a half-written file
+that a later run would trust. Without the variable a fault point costs one
+dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+_ENV = "ALLLLM_FAULT"
+_counts: dict[str, int] = {}
+
+
+def _target() -> tuple[str, int] | None:
+    spec = os.environ.get(_ENV, "")
+    if not spec:
+        return None
+    name, _, nth = spec.partition(":")
+    return name, int(nth) if nth.isdigit() else 1
+
+
+def fault_point(name: str) -> None:
+    """SIGKILL this process here if ``ALLLLM_FAULT`` names this point (and this is the n-th pass)."""
+    target = _target()
+    if target is None or target[0] != name:
+        return
+    _counts[name] = _counts.get(name, 0) + 1
+    if _counts[name] >= target[1]:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+POINTS = (
+    "train.step",  # inside an optimizer step: gradients computed, weights not yet updated
+    "checkpoint.files",  # checkpoint files written to the temporary directory, not renamed
+    "checkpoint.renamed",  # checkpoint directory renamed into place, no completion marker yet
+    "checkpoint.rotate",  # an old checkpoint renamed for deletion, not yet deleted
+    "train.before_seen",  # the run's final checkpoint is durable, seen records not written
+    "train.before_runs",  # seen records written, runs.jsonl line not yet
+    "tokenize.rows",  # a shard's rows partly written
+    "tokenize.renamed",  # data files renamed into place, meta not yet
+    "tokenize.meta",  # meta in place, journal entry not yet removed
+)

@@ -1,4 +1,4 @@
-"""Terminal display of ``allllm tokenize``: a progress bar over bytes and a summary table.
+"""Terminal display of ``allllm tokenize``: progress bars over bytes and a summary table.
 
 Kept out of the library so ``allllm.data.tokenize`` can run headless (tests,
 scripts, other programs): the pipeline reports through the TokenizeProgress
@@ -8,7 +8,6 @@ protocol and this module draws it with rich.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -25,8 +24,12 @@ from rich.table import Table
 from allllm.data.tokenize import TokenizeSummary
 
 
+def _short(name: str, width: int = 48) -> str:
+    return name if len(name) <= width else "…" + name[-(width - 1) :]
+
+
 class RichTokenizeProgress:
-    """Overall and per-shard bars: bytes done, MB/s, tokens/s, ETA."""
+    """Two bars — all input and the current file — with bytes, MB/s, tokens/s and ETA."""
 
     def __init__(self, console: Console) -> None:
         self._progress = Progress(
@@ -40,7 +43,7 @@ class RichTokenizeProgress:
             transient=False,
         )
         self._overall: TaskID | None = None
-        self._shard: TaskID | None = None
+        self._file: TaskID | None = None
         self._tokens = 0
         self._started = time.perf_counter()
 
@@ -58,28 +61,35 @@ class RichTokenizeProgress:
         )
 
     def begin_shard(self, name: str, nbytes: int) -> None:
-        short = name if len(name) <= 48 else "…" + name[-47:]
-        self._shard = self._progress.add_task(short, total=nbytes, tok_rate="")
+        self._end_file()
+
+    def begin_file(self, name: str, nbytes: int) -> None:
+        self._end_file()
+        self._file = self._progress.add_task(_short(name), total=nbytes, tok_rate="")
 
     def advance(self, nbytes: int, ntokens: int) -> None:
         self._tokens += ntokens
         rate = self._rate()
-        if self._shard is not None:
-            self._progress.update(self._shard, advance=nbytes, tok_rate=rate)
+        if self._file is not None:
+            self._progress.update(self._file, advance=nbytes, tok_rate=rate)
         if self._overall is not None:
             self._progress.update(self._overall, advance=nbytes, tok_rate=rate)
 
+    def _end_file(self) -> None:
+        if self._file is not None:
+            self._progress.remove_task(self._file)
+            self._file = None
+
     def end_shard(self) -> None:
-        if self._shard is not None:
-            self._progress.remove_task(self._shard)
-            self._shard = None
+        self._end_file()
 
     def end(self) -> None:
+        self._end_file()
         self._progress.stop()
 
 
 def render_summary(summary: TokenizeSummary, console: Console) -> None:
-    """The table printed after a tokenize run."""
+    """The tables printed after a tokenize run: shards written, then the totals."""
     if summary.shards:
         table = Table(title="shards written", title_justify="left")
         for col, justify in (
@@ -91,28 +101,29 @@ def render_summary(summary: TokenizeSummary, console: Console) -> None:
         ):
             table.add_column(col, justify=justify)  # type: ignore[arg-type]
         for s in summary.shards:
-            why = sorted(set(s.why))
+            why = ", ".join(sorted(set(s.why)))
             sources = s.sources[0] if len(s.sources) == 1 else f"{len(s.sources)} sources (packed)"
             table.add_row(
-                s.stem,
-                f"{sources} [{', '.join(why)}]",
-                f"{s.documents:,}",
-                f"{s.tokens:,}",
-                f"{s.rows:,}",
+                s.stem, f"{sources} [{why}]", f"{s.documents:,}", f"{s.tokens:,}", f"{s.rows:,}"
             )
         console.print(table)
-    rate = f"{summary.bytes / 1e6 / summary.seconds:.1f} MB/s" if summary.seconds else "-"
-    parts: list[Any] = [
-        f"sources: {summary.sources}",
-        f"written: {len(summary.shards)}",
-        f"up to date: {len(summary.up_to_date)}",
-        f"superseded: {len(summary.superseded)}",
-        f"documents: {summary.documents:,}",
-        f"tokens: {summary.tokens:,}",
-        f"rows: {summary.rows:,}",
-        f"time: {summary.seconds:.1f}s",
-        rate,
+    totals = Table(title="tokenize", title_justify="left")
+    columns = [
+        ("sources", str(summary.sources)),
+        ("documents", f"{summary.documents:,}"),
+        ("tokens", f"{summary.tokens:,}"),
+        ("rows", f"{summary.rows:,}"),
+        ("shards written", str(len(summary.shards))),
+        ("up to date", str(len(summary.up_to_date))),
+        ("superseded", str(len(summary.superseded))),
+        ("time", f"{summary.seconds:.1f} s"),
+        ("MB/s", f"{summary.mb_per_s:.1f}" if summary.mb_per_s else "-"),
     ]
-    console.print("  ".join(str(p) for p in parts))
+    for name, _ in columns:
+        totals.add_column(name, justify="right")
+    totals.add_row(*(value for _, value in columns))
+    console.print(totals)
+    if summary.cleaned:
+        console.print(f"removed what {len(summary.cleaned)} interrupted shard(s) left behind")
     if not summary.shards and summary.up_to_date:
         console.print("everything is up to date: no new text since the last tokenize")

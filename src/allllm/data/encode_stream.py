@@ -1,36 +1,58 @@
 """Turn a stream of text pieces into one token stream, using every core, without changing ids.
 
-Documents arrive from the raw reader in bounded pieces. A document's text is
-cut into segments of about ``segment_chars`` only where the tokenizer's
-``cut_rule`` proves the cut cannot change an id (DESIGN.md §3); segments of many
-documents form a batch of about ``batch_chars`` that goes to the backend's own
-parallel batch API. While one batch is being encoded on a worker thread the
-next one is assembled, so reading, cutting and writing overlap the encoding.
+Documents arrive from the raw reader in bounded pieces (``Pieces``: parallel
+lists, no object per piece). A document's text is cut into segments of about
+``segment_chars`` only where the tokenizer's ``cut_rule`` proves the cut cannot
+change an id (DESIGN.md §3); segments of many documents form a batch of about
+``batch_chars`` that goes to the backend's own parallel batch API on a worker
+thread. While one batch is being encoded the next one is assembled and the
+previous one written, so reading, cutting and writing overlap the encoding.
 
-Memory stays bounded: a batch holds at most ``batch_chars`` of text, and a
-document with no safe cut point is held whole only up to ``max_document_chars``;
-beyond that it is cut anyway (a warning says so: the ids around that cut may
-differ from encoding the document whole) — or, for a backend that can never be
-cut (SentencePiece), refused with a clear error.
+Pieces that are whole short documents (every line in ``line`` mode) take a
+fast path that handles a whole list of them at once; ids come back as arrays
+(long texts) or lists (short ones) and are flattened in bulk
+(``array.fromlist``: ~4 ns an id), and BOS/EOS are inserted with one
+vectorized scatter per batch.
+
+Memory stays bounded: a batch holds at most ``batch_chars`` of text (plus one
+piece), and a document with no safe cut point is held whole only up to
+``max_document_chars``; beyond that it is cut anyway (a warning says so: the
+ids around that cut may differ from encoding the document whole) — or, for a
+backend that can never be cut (SentencePiece), refused with a clear error.
 """
 
 from __future__ import annotations
 
+import array
+import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from allllm.errors import DataError
+from allllm.tokenizer.base import CutRule
+
+# an array typecode of 4-byte unsigned ints ("I" on every platform numpy supports, checked here)
+_U32 = next(code for code in "IL" if array.array(code).itemsize == 4)
 
 
-@dataclass
-class _Segment:
-    text: str
-    bos: bool  # put BOS before it (first segment of a document, add_bos)
-    eos: bool  # put EOS after it (last segment of a document, add_eos)
+class Pieces(NamedTuple):
+    """Consecutive pieces of the input: the encoder's unit of work.
+
+    Piece ``i`` starts a document when ``doc_starts[i]``; it ends its document when
+    the next piece starts one, or, for the last piece, when ``open`` is False.
+    ``nbytes`` is how much input of ``source`` these pieces complete (for progress).
+    """
+
+    texts: Sequence[str]
+    doc_starts: Sequence[bool]
+    open: bool
+    nbytes: int
+    source: str = ""  # the input these pieces come from (for per-file progress)
 
 
 @dataclass
@@ -38,8 +60,27 @@ class EncodedChunk:
     """Ids of a run of consecutive segments, in stream order, with the input they cover."""
 
     ids: np.ndarray  # uint32
-    bytes_done: int  # raw bytes of input these ids complete
+    progress: list[tuple[str, int]]  # (source, input bytes) these ids complete, in order
     documents: int  # documents that ended inside this chunk
+
+    @property
+    def bytes_done(self) -> int:
+        return sum(n for _, n in self.progress)
+
+
+@dataclass
+class EncodeTimings:
+    """Seconds per stage (the benchmark's profile; also in ``tokenize --json``).
+
+    CPU seconds of the thread doing the work where stages share the cores with the
+    encoder (so contention does not inflate them), wall seconds for the encoder itself.
+    """
+
+    read: float = 0.0  # CPU: reading and decoding the input (the raw reader)
+    cut: float = 0.0  # CPU: finding safe cut points, assembling batches
+    encode: float = 0.0  # wall: inside the backend's batch call (worker thread)
+    convert: float = 0.0  # CPU: lists -> one uint32 array, BOS/EOS inserted (worker thread)
+    wait: float = 0.0  # wall: the main thread idle, waiting for the encoder
 
 
 @dataclass
@@ -55,110 +96,159 @@ class _Document:
 
 @dataclass
 class _Batch:
-    segments: list[_Segment] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    bos: list[bool] = field(default_factory=list)  # put BOS before text i
+    eos: list[bool] = field(default_factory=list)  # put EOS after text i
     chars: int = 0
-    bytes_done: int = 0
+    progress: list[tuple[str, int]] = field(default_factory=list)
     documents: int = 0
+
+    def add_progress(self, source: str, nbytes: int) -> None:
+        if self.progress and self.progress[-1][0] == source:
+            self.progress[-1] = (source, self.progress[-1][1] + nbytes)
+        else:
+            self.progress.append((source, nbytes))
 
 
 class StreamEncoder:
-    """Encodes pieces (``allllm.data.raw.TextPiece``) into uint32 id chunks, in order.
+    """Encodes ``Pieces`` into uint32 id chunks, in input order.
 
-    ``encode_batch`` maps a list of texts to a list of id arrays/lists; it is the
-    tokenizer's parallel batch call. ``cut_rule`` is the tokenizer's rule (or None).
+    ``encode_batch`` maps a list of texts to a list of id arrays or lists: the
+    tokenizer's parallel batch call; ``encode_batch_arrays``, when the backend has
+    one, makes uint32 arrays without Python ints and is used for batches of long
+    texts (an array costs more than a short list: for one-line documents lists are
+    ~25% cheaper, for 16K-character segments arrays are). ``cut_rule`` is the
+    tokenizer's rule, or None when documents may never be cut.
     """
+
+    #: texts at least this long on average are encoded to arrays (when the backend can)
+    ARRAY_MIN_CHARS = 400
 
     def __init__(
         self,
-        encode_batch: Callable[[list[str]], list],
+        encode_batch: Callable[[list[str]], Sequence[Any]],
         *,
+        encode_batch_arrays: Callable[[list[str]], Sequence[Any]] | None = None,
         bos_id: int | None,
         eos_id: int | None,
-        cut_rule: object | None,
+        cut_rule: CutRule | None,
         segment_chars: int = 16_384,
         batch_chars: int = 2_000_000,
-        max_document_chars: int = 64 << 20,
+        max_document_chars: int = 16 << 20,
         warn: Callable[[str], None] | None = None,
         source_name: Callable[[], str] | None = None,
     ) -> None:
         self._encode_batch = encode_batch
+        self._encode_batch_arrays = encode_batch_arrays
         self._bos = bos_id
         self._eos = eos_id
         self._cut_rule = cut_rule
         self._segment_chars = max(1, segment_chars)
         self._batch_chars = max(1, batch_chars)
-        self._max_doc = max(self._segment_chars, max_document_chars)
+        self._max_doc = max(2 * self._segment_chars, max_document_chars)
+        # a document this long is cut (or, with no cut rule, refused) before it ends
+        self._cut_at = 2 * self._segment_chars if cut_rule is not None else self._max_doc + 1
         self._warn = warn or (lambda _msg: None)
         self._source_name = source_name or (lambda: "input")
         self._forced_cut_warned = False
+        self.timings = EncodeTimings()
 
     # -- public -----------------------------------------------------------------------------------
-    def encode(self, pieces: Iterable[object]) -> Iterator[EncodedChunk]:
+    def encode(self, feed: Iterable[Pieces]) -> Iterator[EncodedChunk]:
         """Yield encoded chunks in input order while the next batch is being prepared."""
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="allllm-encode") as pool:
             inflight: deque[tuple[Future, _Batch]] = deque()
-            for batch in self._batches(pieces):
-                inflight.append(
-                    (pool.submit(self._encode_batch, [s.text for s in batch.segments]), batch)
-                )
+            for batch in self._batches(feed):
+                inflight.append((pool.submit(self._encode, batch), batch))
                 if len(inflight) >= 2:
                     yield self._collect(*inflight.popleft())
             while inflight:
                 yield self._collect(*inflight.popleft())
 
-    # -- batching ---------------------------------------------------------------------------------
-    def _batches(self, pieces: Iterable[object]) -> Iterator[_Batch]:
+    # -- batching (main thread) -------------------------------------------------------------------
+    def _batches(self, feed: Iterable[Pieces]) -> Iterator[_Batch]:
         batch = _Batch()
-        doc = _Document()
-        for piece in pieces:
-            if piece.doc_start:  # type: ignore[attr-defined]
-                doc = _Document()
-            text: str = piece.text  # type: ignore[attr-defined]
-            if text:
-                doc.parts.append(text)
-                doc.length += len(text)
-            if doc.length >= 2 * self._segment_chars:
-                for head in self._cut_heads(doc):
-                    batch.segments.append(
-                        _Segment(head, doc.first and self._bos is not None, False)
-                    )
-                    batch.chars += len(head)
-                    doc.first = False
-            batch.bytes_done += piece.end - piece.start  # type: ignore[attr-defined]
-            if piece.doc_end:  # type: ignore[attr-defined]
-                self._end_document(batch, doc)
-                doc = _Document()
+        doc: _Document | None = None  # the open document, if any
+        has_bos, has_eos = self._bos is not None, self._eos is not None
+        clock = time.thread_time
+        items = iter(feed)
+        while True:
+            t0 = clock()
+            pieces = next(items, None)
+            t1 = clock()
+            self.timings.read += t1 - t0
+            if pieces is None:
+                break
+            texts, starts = pieces.texts, pieces.doc_starts
+            n = len(texts)
+            if (
+                n
+                and doc is None
+                and not pieces.open
+                and all(starts)
+                and max(map(len, texts)) < self._cut_at
+            ):  # whole short documents only: take the list as it is
+                batch.texts += texts
+                batch.bos += [has_bos] * n
+                batch.eos += [has_eos] * n
+                batch.chars += sum(map(len, texts))
+                batch.documents += n
+            else:
+                for i, text in enumerate(texts):
+                    if starts[i] or doc is None:
+                        if doc is not None:  # a reader always ends its documents; still, keep text
+                            self._end_document(batch, doc)
+                        doc = _Document()
+                    if text:
+                        doc.parts.append(text)
+                        doc.length += len(text)
+                    if doc.length >= self._cut_at:
+                        self._emit_heads(batch, doc)
+                    if starts[i + 1] if i + 1 < n else not pieces.open:
+                        self._end_document(batch, doc)
+                        doc = None
+            batch.add_progress(pieces.source, pieces.nbytes)
+            self.timings.cut += clock() - t1
             if batch.chars >= self._batch_chars:
                 yield batch
                 batch = _Batch()
-        if doc.parts:  # a reader always ends its documents; still, never drop text
+        if doc is not None:
             self._end_document(batch, doc)
-        if batch.segments or batch.bytes_done:
+        if batch.texts or batch.progress:
             yield batch
+
+    def _emit_heads(self, batch: _Batch, doc: _Document) -> None:
+        for head in self._cut_heads(doc):
+            batch.texts.append(head)
+            batch.bos.append(doc.first and self._bos is not None)
+            batch.eos.append(False)
+            batch.chars += len(head)
+            doc.first = False
 
     def _end_document(self, batch: _Batch, doc: _Document) -> None:
         text = "".join(doc.parts)
-        batch.segments.append(
-            _Segment(text, doc.first and self._bos is not None, self._eos is not None)
-        )
+        batch.texts.append(text)
+        batch.bos.append(doc.first and self._bos is not None)
+        batch.eos.append(self._eos is not None)
         batch.chars += len(text)
         batch.documents += 1
 
     def _cut_heads(self, doc: _Document) -> list[str]:
         """Split whole segments off the buffered document at safe cuts; keep the tail buffered.
 
-        ``doc.searched``: no safe cut exists before it (known from an earlier
-        call), so text without cut points is scanned once, not again and again.
+        A head ends at the last safe cut within one segment length, or else at the last
+        one in the first segment-long window after that which has one; the tail keeps at
+        least one character, so the text still to come can decide whether a cut is safe.
+        ``doc.searched``: no safe cut exists before it (known from an earlier call), so
+        text without cut points is scanned once, not again and again.
         """
-        if self._cut_rule is None:
-            if doc.length > self._max_doc:
-                raise DataError(
-                    f"{self._source_name()}: a document is longer than {self._max_doc:,} "
-                    "characters and this tokenizer (SentencePiece) cannot be cut safely inside a "
-                    "document",
-                    'set data.document_boundary to "blank_line" or "line"',
-                )
-            return []
+        rule = self._cut_rule
+        if rule is None:
+            raise DataError(
+                f"{self._source_name()}: a document is longer than {self._max_doc:,} "
+                "characters and this tokenizer (SentencePiece) cannot cut a document safely",
+                'set data.document_boundary to "blank_line" or "line", or split the text',
+            )
         buf = "".join(doc.parts)
         seg = self._segment_chars
         end = len(buf) - 1  # a cut needs a character after it
@@ -169,11 +259,11 @@ class StreamEncoder:
             target = start + seg
             cut = -1
             if target > searched:
-                cut = self._cut_rule.last_cut(buf, max(start, searched), target)  # type: ignore[attr-defined]
+                cut = rule.last_cut(buf, max(start, searched), target)
             lo = max(target, searched)
             while cut < 0 and lo < end:
                 hi = min(lo + seg, end)
-                cut = self._cut_rule.last_cut(buf, lo, hi)  # type: ignore[attr-defined]
+                cut = rule.last_cut(buf, lo, hi)
                 lo = hi
             if cut < 0:
                 searched = end  # nothing up to the end of the buffer: never scan it again
@@ -191,26 +281,61 @@ class StreamEncoder:
             heads.append(buf[start:cut])
             start = cut
         rest = buf[start:]
-        doc.parts, doc.length, doc.searched = (
-            ([rest] if rest else []),
-            len(rest),
-            max(0, searched - start),
-        )
+        doc.parts, doc.length = ([rest] if rest else []), len(rest)
+        doc.searched = max(0, searched - start)
         return heads
 
-    # -- results ----------------------------------------------------------------------------------
+    # -- encoding (worker thread) -----------------------------------------------------------------
+    def _encode(self, batch: _Batch) -> np.ndarray:
+        encode = self._encode_batch
+        if self._encode_batch_arrays is not None and (
+            batch.chars >= self.ARRAY_MIN_CHARS * len(batch.texts)
+        ):
+            encode = self._encode_batch_arrays
+        t0 = time.perf_counter()
+        results = encode(batch.texts)
+        self.timings.encode += time.perf_counter() - t0
+        t1 = time.thread_time()
+        ids = self._assemble(batch, results)
+        self.timings.convert += time.thread_time() - t1
+        return ids
+
+    def _assemble(self, batch: _Batch, results: Sequence[Any]) -> np.ndarray:
+        """One uint32 array: each text's ids, with BOS before and EOS after where asked."""
+        if len(results) != len(batch.texts):
+            raise RuntimeError(
+                f"the tokenizer returned {len(results)} results for {len(batch.texts)} texts"
+            )
+        lens = np.fromiter(map(len, results), dtype=np.int64, count=len(results))
+        if results and isinstance(results[0], np.ndarray):
+            flat = np.concatenate(results).astype(np.uint32, copy=False)
+        else:
+            buf = array.array(_U32)
+            for ids in results:
+                buf.fromlist(ids)
+            flat = np.frombuffer(buf, dtype=np.uint32)
+        bos = np.fromiter(batch.bos, dtype=bool, count=len(batch.bos))
+        eos = np.fromiter(batch.eos, dtype=bool, count=len(batch.eos))
+        if not (bos.any() or eos.any()):
+            return flat
+        sizes = lens + bos + eos
+        ends = np.cumsum(sizes)
+        out = np.empty(int(ends[-1]), dtype=np.uint32)
+        is_id = np.ones(out.size, dtype=bool)
+        bos_at = (ends - sizes)[bos]
+        eos_at = ends[eos] - 1
+        is_id[bos_at] = False
+        is_id[eos_at] = False
+        out[is_id] = flat
+        if bos_at.size:
+            out[bos_at] = self._bos
+        if eos_at.size:
+            out[eos_at] = self._eos
+        return out
+
+    # -- results (main thread) --------------------------------------------------------------------
     def _collect(self, future: Future, batch: _Batch) -> EncodedChunk:
-        results = future.result()
-        parts: list[np.ndarray] = []
-        bos = np.array([self._bos], dtype=np.uint32) if self._bos is not None else None
-        eos = np.array([self._eos], dtype=np.uint32) if self._eos is not None else None
-        for seg, ids in zip(batch.segments, results):
-            if seg.bos and bos is not None:
-                parts.append(bos)
-            parts.append(ids if isinstance(ids, np.ndarray) else np.array(ids, dtype=np.uint32))
-            if seg.eos and eos is not None:
-                parts.append(eos)
-        ids = (
-            np.concatenate(parts).astype(np.uint32, copy=False) if parts else np.empty(0, np.uint32)
-        )
-        return EncodedChunk(ids=ids, bytes_done=batch.bytes_done, documents=batch.documents)
+        t0 = time.perf_counter()
+        ids = future.result()
+        self.timings.wait += time.perf_counter() - t0
+        return EncodedChunk(ids=ids, progress=batch.progress, documents=batch.documents)

@@ -46,6 +46,7 @@ from allllm.data.shards import (
     file_sha256,
     parse_shard_name,
     read_meta,
+    shard_order_key,
 )
 from allllm.errors import DataError
 
@@ -99,13 +100,21 @@ class ScanSpec:
     vocab_limit: int  # every id is below this: the model's embedding rows, the tokenizer's range
     tokenizer: TokenizerIdentity
     eval_glob: str | None = None
+    # the other settings that decide ids (None: not checked)
+    settings: dict[str, Any] | None = None
 
     @classmethod
     def from_config(cls, cfg: Config, tokenizer: TokenizerIdentity) -> ScanSpec:
         limit = cfg.model.vocab_size
         if tokenizer.vocab_size:
             limit = min(limit, tokenizer.vocab_size)
-        return cls(cfg.data.seq_len, limit, tokenizer, cfg.data.eval_shards)
+        settings = {
+            "add_bos": cfg.tokenizer.add_bos,
+            "add_eos": cfg.tokenizer.add_eos,
+            "document_boundary": cfg.data.document_boundary,
+            "text_field": cfg.data.text_field,
+        }
+        return cls(cfg.data.seq_len, limit, tokenizer, cfg.data.eval_shards, settings)
 
     @property
     def pad_id(self) -> int:
@@ -141,6 +150,7 @@ class ShardEntry:
     duplicate_of: str | None = None
     superseded_by: str | None = None
     unlisted: list[str] = field(default_factory=list)  # data files of the stem meta does not list
+    meta_mtime_ns: int = 0  # orders shards made in the same second (supersession)
 
     @property
     def formats(self) -> list[str]:
@@ -226,8 +236,13 @@ class ScanResult:
 # -- listing --------------------------------------------------------------------------------------
 
 
-def _list_stems(data_dir: Path, skip: set[str]) -> dict[str, dict[str, tuple[str, int]]]:
-    """stem -> role -> (file name, size), for shard-named regular files outside skipped stems."""
+def _list_stems(
+    data_dir: Path, skip: set[str], mtimes: dict[str, int]
+) -> dict[str, dict[str, tuple[str, int]]]:
+    """stem -> role -> (file name, size), for shard-named regular files outside skipped stems.
+
+    ``mtimes`` receives the mtime of each stem's meta file.
+    """
     groups: dict[str, dict[str, tuple[str, int]]] = {}
     with os.scandir(data_dir) as it:
         for de in it:
@@ -240,11 +255,28 @@ def _list_stems(data_dir: Path, skip: set[str]) -> dict[str, dict[str, tuple[str
             try:
                 if not de.is_file():
                     continue
-                size = de.stat().st_size
+                st = de.stat()
             except OSError:
                 continue  # vanished between listing and stat
-            groups.setdefault(parsed.stem, {})[parsed.role] = (name, size)
+            groups.setdefault(parsed.stem, {})[parsed.role] = (name, st.st_size)
+            if parsed.role == "meta":
+                mtimes[parsed.stem] = st.st_mtime_ns
     return groups
+
+
+def _restat(data_dir: Path, stem: str, mtimes: dict[str, int]) -> dict[str, tuple[str, int]]:
+    """The files of one stem, listed again (its meta appeared after the directory listing)."""
+    found: dict[str, tuple[str, int]] = {}
+    for role, suffix in (*DATA_SUFFIXES.items(), ("meta", META_SUFFIX)):
+        path = data_dir / f"{stem}{suffix}"
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        found[role] = (path.name, st.st_size)
+        if role == "meta":
+            mtimes[stem] = st.st_mtime_ns
+    return found
 
 
 # -- checks on one shard ----------------------------------------------------------------------------
@@ -372,6 +404,10 @@ def _inspect_meta_shard(
     if problem:
         entry.state, entry.reason = "invalid", problem
         return
+    problem = meta.settings_mismatch(**spec.settings) if spec.settings else None
+    if problem:
+        entry.state, entry.reason = "invalid", problem
+        return
     entry.tokenizer_unverified = not spec.tokenizer.verified
     if meta.max_id >= spec.vocab_limit:
         entry.state = "invalid"
@@ -443,7 +479,34 @@ def _matches_record(entry: ShardEntry, record: SeenRecord) -> bool:
     return any(entry.files.get(role) == name for role, name in record.files.items())
 
 
-def _assign_seen_and_duplicates(entries: list[ShardEntry], seen: SeenMap) -> None:
+def _age(e: ShardEntry) -> tuple[str, int, int, str]:
+    return shard_order_key(e.created, e.meta_mtime_ns, e.name)
+
+
+def _superseded_by(entries: list[ShardEntry]) -> dict[str, str]:
+    """stem -> the newer stem whose meta ``supersedes`` lists its shard_id.
+
+    Supersession only reaches older shards: text that returns (v1 → v2 → v1) makes the new v1
+    shard live again although an older v1 shard was superseded by v2.
+    """
+    newest: dict[str, tuple[tuple[str, int, int, str], str]] = {}  # id -> (age, stem) of newest
+    for r in entries:
+        if r.meta is None or r.state != "new":
+            continue
+        for sid in r.meta.supersedes:
+            if sid != r.shard_id and (sid not in newest or _age(r) > newest[sid][0]):
+                newest[sid] = (_age(r), r.name)
+    replaced: dict[str, str] = {}
+    for e in entries:
+        hit = newest.get(e.shard_id or "")
+        if hit is not None and hit[0] > _age(e):
+            replaced[e.name] = hit[1]
+    return replaced
+
+
+def _assign_seen_and_duplicates(
+    entries: list[ShardEntry], seen: SeenMap, replaced: dict[str, str]
+) -> None:
     groups: dict[str, list[ShardEntry]] = {}
     for e in entries:
         if e.shard_id:
@@ -453,10 +516,13 @@ def _assign_seen_and_duplicates(entries: list[ShardEntry], seen: SeenMap) -> Non
     for sid, group in groups.items():
         record = seen.get(sid)
 
-        def rank(e: ShardEntry, record: SeenRecord | None = record) -> tuple[bool, bool, str, str]:
-            # the seen one, else one with meta, else the oldest by meta `created`, then by name
+        def rank(
+            e: ShardEntry, record: SeenRecord | None = record
+        ) -> tuple[bool, bool, bool, str, str]:
+            # the seen one, else a live (not superseded) one, else one with meta, else the
+            # oldest by meta `created`, then by name
             seen_one = record is not None and _matches_record(e, record)
-            return (not seen_one, e.meta is None, e.created or "", e.name)
+            return (not seen_one, e.name in replaced, e.meta is None, e.created or "", e.name)
 
         group.sort(key=rank)
         primary = group[0]
@@ -467,16 +533,10 @@ def _assign_seen_and_duplicates(entries: list[ShardEntry], seen: SeenMap) -> Non
             dup.reason = f"same shard_id as {primary.name}"
 
 
-def _assign_superseded(entries: list[ShardEntry]) -> None:
-    replaced_by: dict[str, str] = {}
+def _assign_superseded(entries: list[ShardEntry], replaced: dict[str, str]) -> None:
     for e in entries:
-        if e.meta is not None and e.state in ("new", "seen", "duplicate"):
-            for sid in e.meta.supersedes:
-                if sid != e.shard_id:
-                    replaced_by.setdefault(sid, e.name)
-    for e in entries:
-        if e.state == "new" and e.shard_id in replaced_by:
-            e.state, e.superseded_by = "superseded", replaced_by[e.shard_id]
+        if e.state == "new" and e.name in replaced:
+            e.state, e.superseded_by = "superseded", replaced[e.name]
             e.reason = f"replaced by {e.superseded_by} (its source changed)"
 
 
@@ -540,17 +600,31 @@ def scan_shards(
     seen = seen or SeenMap()
     if not data_dir.is_dir():
         return ScanResult(data_dir, [], _missing_entries([], seen), [])
-    journaled = journaled_stems(data_dir)
     with _gc_paused():
-        groups = _list_stems(data_dir, journaled)
+        # A tokenize journals a stem before its files appear and un-journals it after its meta
+        # is in place. Reading the journal before and after the listing, and looking again for
+        # the meta of stems listed without one, means a shard being written is never taken for
+        # a shard without meta: either it is journaled, or its meta exists by now.
+        journaled = journaled_stems(data_dir)
+        mtimes: dict[str, int] = {}
+        groups = _list_stems(data_dir, journaled, mtimes)
+        journaled |= journaled_stems(data_dir)
+        for stem in list(groups):
+            if stem in journaled:
+                del groups[stem]
+            elif "meta" not in groups[stem]:
+                groups[stem] = _restat(data_dir, stem, mtimes) or groups[stem]
         entries = [
             _inspect(
                 stem, groups[stem], data_dir, spec, verify=verify, trust_unverified=trust_unverified
             )
             for stem in sorted(groups)
         ]
-        _assign_seen_and_duplicates(entries, seen)
-        _assign_superseded(entries)
+        for e in entries:
+            e.meta_mtime_ns = mtimes.get(e.name, 0)
+        replaced = _superseded_by(entries)
+        _assign_seen_and_duplicates(entries, seen, replaced)
+        _assign_superseded(entries, replaced)
         _mark_eval(entries, spec.eval_glob)
         missing = _missing_entries(entries, seen)
     return ScanResult(data_dir, entries, missing, sorted(journaled))

@@ -4,16 +4,19 @@ The token stream arrives in chunks; complete rows of exactly ``seq_len`` ids
 are rendered and hashed as they form, so memory is bounded by one chunk. Data
 goes to temporary names listed in the journal (``journal.py``), is fsynced and
 renamed, and the meta file is renamed into place last: a reader that sees the
-meta sees complete data. Any failure (a full disk, a bad id) removes every file
-of the shard and leaves older shards untouched.
+meta sees complete data. Any failure (a full disk, a bad id, Ctrl-C) removes
+every file of the shard and leaves older shards untouched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,7 +24,7 @@ import numpy as np
 
 from allllm import __version__
 from allllm.data import journal
-from allllm.data.jsonl_rows import rows_to_jsonl
+from allllm.data.jsonl_rows import JsonlRenderer
 from allllm.data.shards import (
     DATA_SUFFIXES,
     FORMAT_VERSION,
@@ -35,30 +38,105 @@ from allllm.data.shards import (
 from allllm.errors import DataError
 from allllm.fsutil import fsync_dir
 
+#: the writer's stages: CPU seconds of the writing thread, except ``finish`` (fsync, renames,
+#: meta), which is wall time
+WRITE_STAGES = ("render", "hash", "write", "finish")
+
+
+class _StreamHasher(ShardIdHasher):
+    """``shard_id`` hashing that takes uint32 row blocks without a copy and can hand out the
+    hash of the stream so far: that is the ``.bin`` file's hash too when its dtype is uint32,
+    so those bytes are hashed once, not twice."""
+
+    def update(self, ids: Any) -> None:
+        if isinstance(ids, np.ndarray) and ids.dtype == np.dtype("<u4"):
+            self._h.update(_bytes_of(ids))
+        else:
+            super().update(ids)
+
+    def stream_hash(self) -> Any:
+        """A copy of the sha256 state over the stream's bytes (uint32 LE) so far."""
+        return self._h.copy()
+
 
 class _HashingFile:
-    """A binary file that hashes what is written to it."""
+    """A binary file that hashes what is written to it (unless its hash comes from elsewhere).
 
-    def __init__(self, path: Path) -> None:
+    Every ``SYNC_BYTES`` written, a background thread fdatasyncs what is there, so the
+    disk writes overlap the encoding and the final fsync has little left to wait for.
+    An error of such a sync (a full disk shows up there too) is raised by the next write.
+    """
+
+    SYNC_BYTES = 16 << 20
+
+    def __init__(self, path: Path, timings: dict[str, float], *, hashed: bool = True) -> None:
         self.path = path
         self.fh: IO[bytes] = path.open("xb")
-        self.sha = hashlib.sha256()
+        self.sha: Any = hashlib.sha256() if hashed else None
         self.size = 0
+        self.timings = timings
+        self._synced = 0
+        self._sync: Future[None] | None = None
+        self._syncer: ThreadPoolExecutor | None = None
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: memoryview) -> None:
+        t0 = time.thread_time()
+        if self.sha is not None:
+            self.sha.update(data)
+        t1 = time.thread_time()
         self.fh.write(data)
-        self.sha.update(data)
+        self.timings["hash"] += t1 - t0
+        self.timings["write"] += time.thread_time() - t1
         self.size += len(data)
+        if self.size - self._synced >= self.SYNC_BYTES:
+            self._sync_in_background()
+
+    def _sync_in_background(self) -> None:
+        if self._sync is not None:
+            if not self._sync.done():
+                return
+            self._sync.result()  # raises the OSError of a failed sync
+        self.fh.flush()
+        self._synced = self.size
+        if self._syncer is None:
+            self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="allllm-fsync")
+        self._sync = self._syncer.submit(os.fdatasync, self.fh.fileno())
+
+    def _join(self) -> None:
+        """Wait for the background sync (before the file descriptor goes away)."""
+        if self._syncer is not None:
+            self._syncer.shutdown(wait=True)
+            self._syncer = None
+        sync, self._sync = self._sync, None
+        if sync is not None:
+            sync.result()
 
     def close(self) -> None:
         if not self.fh.closed:
+            self._join()
             self.fh.flush()
             os.fsync(self.fh.fileno())
             self.fh.close()
 
+    def discard(self) -> None:
+        """Close without syncing (the file is about to be removed); errors do not matter."""
+        with contextlib.suppress(OSError):
+            self._join()
+        with contextlib.suppress(OSError):
+            self.fh.close()
+
+
+def _bytes_of(arr: np.ndarray) -> memoryview:
+    """The bytes of a C-contiguous array, without a copy."""
+    return memoryview(np.ascontiguousarray(arr)).cast("B")
+
 
 class ShardWriter:
-    """Streams a token stream into one shard ``<data_dir>/<stem>.*``."""
+    """Streams a token stream into one shard ``<data_dir>/<stem>.*``.
+
+    ``id_range`` is the tokenizer's id range (it decides the ``.jsonl`` width),
+    ``vocab_size`` the model's: an id at or above either aborts the shard.
+    """
 
     def __init__(
         self,
@@ -81,13 +159,18 @@ class ShardWriter:
         self.pad_id = pad_id
         self.id_range = id_range
         self.vocab_size = vocab_size
+        self.timings = dict.fromkeys(WRITE_STAGES, 0.0)
+        self._renderer = JsonlRenderer(id_range) if "jsonl" in self.formats else None
         self._final = {role: f"{stem}{DATA_SUFFIXES[role]}" for role in self.formats}
         self._temp = {role: f".{name}.tmp" for role, name in self._final.items()}
         self._meta_name = f"{stem}{META_SUFFIX}"
         self._meta_temp = f".{self._meta_name}.tmp"
         self._files: dict[str, _HashingFile] = {}
         self._pending = np.empty(0, dtype=np.uint32)  # ids not yet forming a full row
-        self._hasher = ShardIdHasher()
+        self._hasher = _StreamHasher()
+        # a uint32 .bin holds the id stream's bytes: its hash is the stream's, plus the padding
+        self._bin_from_stream = "bin" in self.formats and self.np_dtype == np.dtype("<u4")
+        self._bin_sha: Any = None  # set when the final, short row is written
         self.n_rows = 0
         self.n_tokens = 0
         self.max_id = -1
@@ -96,7 +179,8 @@ class ShardWriter:
         try:
             journal.begin(data_dir, stem, names)
             for role, name in self._temp.items():
-                self._files[role] = _HashingFile(data_dir / name)
+                hashed = not (role == "bin" and self._bin_from_stream)
+                self._files[role] = _HashingFile(data_dir / name, self.timings, hashed=hashed)
         except OSError as exc:
             self._fail(exc)
 
@@ -106,34 +190,55 @@ class ShardWriter:
         if ids.size == 0:
             return
         top = int(ids.max())
-        if top >= self.vocab_size or int(ids.min()) < 0:
+        low = 0 if ids.dtype.kind == "u" else int(ids.min())
+        limit = min(self.vocab_size, self.id_range)
+        if top >= limit or low < 0:
             self.abort()
             raise DataError(
-                f"tokenizer produced id {top} but model.vocab_size is {self.vocab_size} "
-                f"(shard {self.stem} not written)",
-                "raise model.vocab_size to at least the tokenizer's id range",
+                f"the tokenizer produced id {top if low >= 0 else low}, but ids must lie in "
+                f"0..{limit - 1} (model.vocab_size {self.vocab_size}, tokenizer id range "
+                f"{self.id_range}); shard {self.stem} not written",
+                "check tokenizer.path and model.vocab_size",
             )
         self.max_id = max(self.max_id, top)
         stream = ids.astype(np.uint32, copy=False)
-        if self._pending.size:
-            stream = np.concatenate([self._pending, stream])
+        if self._pending.size:  # complete the pending row first; the rest needs no copy
+            need = self.seq_len - self._pending.size
+            head = np.concatenate([self._pending, stream[:need]])
+            stream = stream[need:]
+            if head.size < self.seq_len:
+                self._pending = head
+                return
+            self._pending = np.empty(0, dtype=np.uint32)
+            self._write_rows(head.reshape(1, -1))
         n_full = stream.size // self.seq_len
         if n_full:
-            rows = stream[: n_full * self.seq_len].reshape(n_full, self.seq_len)
-            self._write_rows(rows)
-        self._pending = stream[n_full * self.seq_len :].copy()
+            self._write_rows(stream[: n_full * self.seq_len].reshape(n_full, self.seq_len))
+        if stream.size > n_full * self.seq_len:
+            self._pending = stream[n_full * self.seq_len :].copy()
 
     def _write_rows(self, rows: np.ndarray) -> None:
+        short = rows.shape[1] < self.seq_len
+        t0 = time.thread_time()
+        if short and self._bin_from_stream:
+            self._bin_sha = self._hasher.stream_hash()
         self._hasher.update(rows)
+        self.timings["hash"] += time.thread_time() - t0
         try:
-            if "jsonl" in self._files:
-                self._files["jsonl"].write(rows_to_jsonl(rows, self.id_range))
+            if self._renderer is not None:
+                t0 = time.thread_time()
+                text = self._renderer.render(rows)
+                self.timings["render"] += time.thread_time() - t0
+                self._files["jsonl"].write(_bytes_of(text))
             if "bin" in self._files:
                 block = rows
-                if rows.shape[1] < self.seq_len:
+                if short:  # the final row, padded
                     block = np.full((rows.shape[0], self.seq_len), self.pad_id, dtype=np.uint32)
                     block[:, : rows.shape[1]] = rows
-                self._files["bin"].write(block.astype(self.np_dtype).tobytes())
+                data = _bytes_of(block.astype(self.np_dtype, copy=False))
+                if self._bin_sha is not None:
+                    self._bin_sha.update(data)
+                self._files["bin"].write(data)
         except OSError as exc:
             self._fail(exc)
         self.n_rows += rows.shape[0]
@@ -148,31 +253,34 @@ class ShardWriter:
         """Flush the final (possibly short) row, rename data files, then write the meta last.
 
         ``meta_fields`` are the caller's meta fields (tokenizer, sources, ...);
-        counts, ids and file digests are filled in here.
+        counts, ids and file digests are filled in here. A ``supersedes`` entry equal
+        to this shard's own id is dropped (re-tokenizing identical text replaces nothing).
         """
         last_row_len = self.seq_len if self.n_rows else 0
         if self._pending.size:
             last_row_len = int(self._pending.size)
             self._write_rows(self._pending.reshape(1, -1))
             self._pending = np.empty(0, dtype=np.uint32)
+        t0 = time.perf_counter()
         try:
             for f in self._files.values():
                 f.close()
-            files = {}
-            for role, f in self._files.items():
-                files[role] = FileInfo(
-                    name=self._final[role], sha256=f.sha.hexdigest(), size=f.size
-                )
+            shard_id = self._hasher.hexdigest(self.seq_len)
+            if "supersedes" in meta_fields:
+                meta_fields["supersedes"] = [s for s in meta_fields["supersedes"] if s != shard_id]
             meta = ShardMeta(
                 format_version=FORMAT_VERSION,
-                shard_id=self._hasher.hexdigest(self.seq_len),
+                shard_id=shard_id,
                 seq_len=self.seq_len,
                 dtype=self.dtype,  # type: ignore[arg-type]
                 n_rows=self.n_rows,
                 n_tokens=self.n_tokens,
                 last_row_len=last_row_len,
                 max_id=self.max_id,
-                files=files,
+                files={
+                    role: FileInfo(name=self._final[role], sha256=self._file_sha(role), size=f.size)
+                    for role, f in self._files.items()
+                },
                 created=utc_iso(),
                 allllm_version=__version__,
                 **meta_fields,
@@ -180,18 +288,28 @@ class ShardWriter:
             for role in self._files:
                 os.replace(self.data_dir / self._temp[role], self.data_dir / self._final[role])
             fsync_dir(self.data_dir)
-            temp = self.data_dir / self._meta_temp
-            with temp.open("w", encoding="utf-8") as fh:
-                fh.write(json.dumps(meta.model_dump(mode="json"), indent=2) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(temp, self.data_dir / self._meta_name)
-            fsync_dir(self.data_dir)
+            self._write_meta(meta)
             journal.end(self.data_dir, self.stem)
         except OSError as exc:
             self._fail(exc)
         self._done = True
+        self.timings["finish"] += time.perf_counter() - t0
         return meta
+
+    def _file_sha(self, role: str) -> str:
+        sha = self._files[role].sha
+        if sha is None:  # a uint32 .bin: the stream's hash (and the final row's padding)
+            sha = self._bin_sha if self._bin_sha is not None else self._hasher.stream_hash()
+        return sha.hexdigest()
+
+    def _write_meta(self, meta: ShardMeta) -> None:
+        temp = self.data_dir / self._meta_temp
+        with temp.open("x", encoding="utf-8") as fh:
+            fh.write(json.dumps(meta.model_dump(mode="json"), indent=2) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(temp, self.data_dir / self._meta_name)
+        fsync_dir(self.data_dir)
 
     def abort(self) -> None:
         """Remove every file of this shard (temporary or renamed) and its journal entry."""
@@ -199,14 +317,18 @@ class ShardWriter:
             return
         self._done = True
         for f in self._files.values():
-            with contextlib.suppress(OSError):
-                f.fh.close()
+            f.discard()
         with contextlib.suppress(OSError):
             journal.remove_listed_files(self.data_dir, self.stem)
 
     def _fail(self, exc: OSError) -> None:
         self.abort()
-        what = "disk full" if getattr(exc, "errno", None) == 28 else (exc.strerror or str(exc))
+        if exc.errno == errno.ENOSPC:
+            what = "the disk is full"
+        elif exc.errno == errno.EDQUOT:
+            what = "the disk quota is exceeded"
+        else:
+            what = exc.strerror or str(exc)
         raise DataError(
             f"cannot write shard {self.stem} in {self.data_dir}: {what}",
             "free space or fix permissions and rerun; nothing partial was kept and older shards "

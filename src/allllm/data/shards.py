@@ -107,6 +107,20 @@ def shard_file(data_dir: Path, stem: str, role: str) -> Path:
     return data_dir / f"{stem}{suffix}"
 
 
+def source_format(path: str) -> Literal["txt", "jsonl"]:
+    """The raw format a meta ``sources[].path`` names (``.jsonl[.gz]`` or text)."""
+    return "jsonl" if path.lower().removesuffix(".gz").endswith(".jsonl") else "txt"
+
+
+def shard_order_key(
+    created: str | None, meta_mtime_ns: int, stem: str
+) -> tuple[str, int, int, str]:
+    """Orders shards by age: meta ``created``, then the meta file's mtime (same second), then
+    the ``.<k>`` of a name taken in the same second. Supersession only reaches older shards."""
+    m = re.search(r"\.(\d+)$", stem)
+    return (created or "", meta_mtime_ns, int(m[1]) if m else 0, stem)
+
+
 # -- dtype and ids --------------------------------------------------------------------------------
 
 
@@ -210,6 +224,25 @@ class ShardMeta(_MetaModel):
     # shard_ids this shard replaces (their source changed other than by appending): they become
     # `superseded` and are never trained unless already seen.
     supersedes: list[str] = Field(default_factory=list)
+
+    def settings_mismatch(
+        self, *, add_bos: bool, add_eos: bool, document_boundary: str, text_field: str
+    ) -> str | None:
+        """Which tokenize setting besides tokenizer and seq_len differs from a config's, if any."""
+        if self.add_bos != add_bos or self.add_eos != add_eos:
+            return (
+                f"BOS/EOS settings differ: shard add_bos={self.add_bos} add_eos={self.add_eos}, "
+                f"the config add_bos={add_bos} add_eos={add_eos}"
+            )
+        formats = {source_format(s.path) for s in self.sources}
+        if "txt" in formats and self.document_boundary != document_boundary:
+            return (
+                f"document_boundary differs: shard {self.document_boundary!r}, "
+                f"the config {document_boundary!r}"
+            )
+        if "jsonl" in formats and self.text_field not in (None, text_field):
+            return f"text_field differs: shard {self.text_field!r}, the config {text_field!r}"
+        return None
 
     def row_len(self, row: int) -> int:
         """Valid ids in ``row`` (only the final row may be short)."""

@@ -1,10 +1,11 @@
 """``allllm tokenize``: raw text → cached shards, streaming, parallel, incremental, atomic.
 
-The flow: resolve the raw sources, take the data dir's tokenize lock, remove
-what a crashed run left (journaled files only), plan which sources need work
-(``tokenize_plan``), then for each shard stream the sources' documents through
-the tokenizer (``encode_stream``) into a ``ShardWriter`` that packs rows and
-writes ``.jsonl`` / ``.bin`` and the meta last. torch is never imported.
+The flow: load the tokenizer and check its ids fit the model, resolve the raw
+sources, take the data dir's tokenize lock, remove what a crashed run left
+(journaled files only), plan which sources need work (``tokenize_plan``), then
+for each shard stream the sources' documents through the tokenizer
+(``encode_stream``) into a ``ShardWriter`` that packs rows and writes
+``.jsonl`` / ``.bin`` and the meta last. torch is never imported.
 """
 
 from __future__ import annotations
@@ -12,30 +13,43 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from allllm.config import Config
 from allllm.data import journal
-from allllm.data.encode_stream import StreamEncoder
-from allllm.data.shard_writer import ShardWriter
+from allllm.data.encode_stream import EncodeTimings, Pieces, StreamEncoder
+from allllm.data.shard_writer import WRITE_STAGES, ShardWriter
 from allllm.data.shards import TokenizerInfo, bin_dtype_for, unique_stem, utc_timestamp
 from allllm.data.tokenize_plan import (
     Settings,
     ShardJob,
+    WorkItem,
     display_path,
     existing_shards,
     plan_tokenize,
 )
 from allllm.errors import DataError
 
+#: stages of ``TokenizeSummary.timings`` in pipeline order, in seconds: load and plan are wall
+#: time before encoding starts; encode (wall) and convert run on the encoder thread, overlapping
+#: the main thread's read, cut, render, hash and write (CPU time); wait is the main thread idle;
+#: finish is fsync, renames and meta (wall)
+TIMING_STAGES = ("load", "plan", "read", "cut", "encode", "convert", "wait", *WRITE_STAGES)
+
 
 class TokenizeProgress(Protocol):
-    """What the pipeline reports while it works (the CLI draws a progress bar from it)."""
+    """What the pipeline reports while it works (the CLI draws progress bars from it).
+
+    Bytes are input bytes on disk; ``advance`` counts toward the file named by the
+    latest ``begin_file`` (a shard may hold several files) and toward the total.
+    """
 
     def begin(self, total_bytes: int, n_shards: int) -> None: ...
     def begin_shard(self, name: str, nbytes: int) -> None: ...
+    def begin_file(self, name: str, nbytes: int) -> None: ...
     def advance(self, nbytes: int, ntokens: int) -> None: ...
     def end_shard(self) -> None: ...
     def end(self) -> None: ...
@@ -46,6 +60,9 @@ class _NoProgress:
         pass
 
     def begin_shard(self, name: str, nbytes: int) -> None:
+        pass
+
+    def begin_file(self, name: str, nbytes: int) -> None:
         pass
 
     def advance(self, nbytes: int, ntokens: int) -> None:
@@ -60,14 +77,17 @@ class _NoProgress:
 
 @dataclass
 class ShardSummary:
+    """One shard this run wrote."""
+
     stem: str
     shard_id: str
     sources: list[str]
-    why: list[str]
+    why: list[str]  # per source: new | appended | changed | forced
     documents: int
     tokens: int
     rows: int
     files: list[str]
+    supersedes: list[str] = field(default_factory=list)  # shard ids it replaces
 
 
 @dataclass
@@ -75,13 +95,14 @@ class TokenizeSummary:
     """What one ``allllm tokenize`` did (``--json`` prints ``to_dict()``)."""
 
     sources: int = 0
-    up_to_date: list[str] = field(default_factory=list)
+    up_to_date: list[str] = field(default_factory=list)  # source paths
     shards: list[ShardSummary] = field(default_factory=list)
-    superseded: list[str] = field(default_factory=list)
-    cleaned: list[str] = field(default_factory=list)
+    superseded: list[str] = field(default_factory=list)  # stems of shards now superseded
+    cleaned: list[str] = field(default_factory=list)  # stems a crashed run left, removed
     warnings: list[str] = field(default_factory=list)
-    bytes: int = 0
+    bytes: int = 0  # raw input bytes read
     seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMING_STAGES, 0.0))
 
     @property
     def documents(self) -> int:
@@ -95,18 +116,21 @@ class TokenizeSummary:
     def rows(self) -> int:
         return sum(s.rows for s in self.shards)
 
+    @property
+    def mb_per_s(self) -> float | None:
+        return self.bytes / 1e6 / self.seconds if self.seconds and self.bytes else None
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data.update(
-            documents=self.documents,
-            tokens=self.tokens,
-            rows=self.rows,
-            mb_per_s=self.bytes / 1e6 / self.seconds if self.seconds else None,
+            documents=self.documents, tokens=self.tokens, rows=self.rows, mb_per_s=self.mb_per_s
         )
         return data
 
 
 def _ensure_writable_dir(data_dir: Path) -> None:
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataError(f"data.dir {data_dir} is not a directory", "point data.dir at a folder")
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -114,12 +138,65 @@ def _ensure_writable_dir(data_dir: Path) -> None:
             f"cannot create data dir {data_dir}: {exc.strerror}",
             "fix data.dir in the config or the folder's permissions",
         ) from None
-    if not data_dir.is_dir():
-        raise DataError(f"data.dir {data_dir} is not a directory", "point data.dir at a folder")
     if not os.access(data_dir, os.W_OK | os.X_OK):
         raise DataError(
             f"data dir {data_dir} is not writable", "fix its permissions or choose another data.dir"
         )
+
+
+@dataclass(frozen=True)
+class _Setup:
+    """The loaded tokenizer and everything derived from it and the config, for every shard."""
+
+    cfg: Config
+    encode_batch: Callable[[list[str]], Any]
+    encode_batch_arrays: Callable[[list[str]], Any] | None
+    bos_id: int | None
+    eos_id: int | None
+    cut_rule: Any
+    settings: Settings
+    tok_info: TokenizerInfo
+    pad_id: int
+    formats: list[str]
+
+
+def _load(cfg: Config, num_threads: int | None, extra_formats: list[str] | None) -> _Setup:
+    """Load the tokenizer and refuse it, before anything is written, if its ids do not fit."""
+    from allllm.tokenizer.base import TokenizerBackend
+    from allllm.tokenizer.manager import TokenizerManager
+
+    tok = TokenizerManager.from_config(cfg.tokenizer, num_threads=num_threads)
+    tok.check_vocab(cfg.model.vocab_size)
+    bos_id, eos_id = tok.special_ids_for_document()
+    # backends that make uint32 arrays themselves (tiktoken, byte) can skip Python int lists
+    native = type(tok.backend).encode_batch_arrays is not TokenizerBackend.encode_batch_arrays
+    return _Setup(
+        cfg=cfg,
+        encode_batch=tok.encode_batch,
+        encode_batch_arrays=tok.encode_batch_arrays if native else None,
+        bos_id=bos_id,
+        eos_id=eos_id,
+        cut_rule=tok.cut_rule,
+        settings=Settings(
+            fingerprint=tok.fingerprint,
+            seq_len=cfg.data.seq_len,
+            document_boundary=cfg.data.document_boundary,
+            add_bos=cfg.tokenizer.add_bos,
+            add_eos=cfg.tokenizer.add_eos,
+            text_field=cfg.data.text_field,
+        ),
+        tok_info=TokenizerInfo(
+            backend=cfg.tokenizer.backend,
+            path=cfg.tokenizer.path,
+            fingerprint=tok.fingerprint,
+            vocab_size=tok.vocab_size,
+            bos_id=tok.bos_id,
+            eos_id=tok.eos_id,
+            pad_id=tok.pad_id,
+        ),
+        pad_id=next((i for i in (tok.pad_id, tok.eos_id) if i is not None), 0),
+        formats=list(dict.fromkeys([*cfg.data.formats, *(extra_formats or [])])),
+    )
 
 
 def tokenize(
@@ -134,16 +211,18 @@ def tokenize(
     chunk_bytes: int = 1 << 20,
     segment_chars: int = 16_384,
     batch_chars: int = 2_000_000,
-    max_document_chars: int = 64 << 20,
+    max_document_chars: int = 16 << 20,
 ) -> TokenizeSummary:
     """Tokenize the config's raw text (or ``inputs``) into shards in ``data.dir``.
 
     Sources already tokenized with the same settings are skipped ("up to date");
     appended text gets a shard of only the new bytes; changed sources are redone
-    and their old shards superseded. ``force`` redoes everything.
+    and their old shards superseded. ``force`` redoes everything. The last four
+    arguments bound memory and decide the parallel work: the raw reader's piece
+    size, the longest text handed to the tokenizer where it may be cut, the text
+    per batch call, and the longest document held whole when it has no safe cut.
     """
-    from allllm.data.raw import iter_pieces, resolve_sources, source_identity, source_sha256
-    from allllm.tokenizer.manager import TokenizerManager
+    from allllm.data.raw import resolve_sources, source_identity, source_sha256
 
     started = time.perf_counter()
     progress = progress or _NoProgress()
@@ -154,140 +233,173 @@ def tokenize(
         if warn:
             warn(message)
 
-    data_cfg = cfg.data
-    formats = list(dict.fromkeys([*data_cfg.formats, *(extra_formats or [])]))
-    data_dir = cfg.data_dir
-    tok = TokenizerManager.from_config(cfg.tokenizer, num_threads=num_threads)
-    tok.check_vocab(cfg.model.vocab_size)
-    bos_id, eos_id = tok.special_ids_for_document()
-    sources = resolve_sources(inputs or data_cfg.raw_paths, warn=_warn)
+    setup = _load(cfg, num_threads, extra_formats)
+    summary.timings["load"] = time.perf_counter() - started
+    sources = resolve_sources(inputs or cfg.data.raw_paths, warn=_warn)
     summary.sources = len(sources)
+    data_dir = cfg.data_dir
     _ensure_writable_dir(data_dir)
-    settings = Settings(
-        fingerprint=tok.fingerprint,
-        seq_len=data_cfg.seq_len,
-        document_boundary=data_cfg.document_boundary,
-        add_bos=cfg.tokenizer.add_bos,
-        add_eos=cfg.tokenizer.add_eos,
-        text_field=data_cfg.text_field,
-    )
-    tok_info = TokenizerInfo(
-        backend=cfg.tokenizer.backend,
-        path=cfg.tokenizer.path,
-        fingerprint=tok.fingerprint,
-        vocab_size=tok.vocab_size,
-        bos_id=tok.bos_id,
-        eos_id=tok.eos_id,
-        pad_id=tok.pad_id,
-    )
-    pad_id = next((i for i in (tok.pad_id, tok.eos_id) if i is not None), 0)
 
     with journal.tokenize_lock(data_dir):
+        t0 = time.perf_counter()
         for stem, removed in journal.clean_leftovers(data_dir).items():
             summary.cleaned.append(stem)
-            _warn(f"removed {len(removed)} file(s) of an interrupted tokenize ({stem})")
+            _warn(f"removed {len(removed)} file(s) an interrupted tokenize left ({stem})")
         plan = plan_tokenize(
             sources,
             existing_shards(data_dir),
-            settings,
+            setup.settings,
             identity=source_identity,
             sha256=source_sha256,
-            pack_below_bytes=data_cfg.pack_below_bytes,
+            pack_below_bytes=cfg.data.pack_below_bytes,
             force=force,
         )
         for message in plan.warnings:
             _warn(message)
-        summary.up_to_date = [display_path(s.path) for s in plan.up_to_date]  # type: ignore[attr-defined]
+        summary.up_to_date = [display_path(s.path) for s in plan.up_to_date]
         summary.superseded = list(plan.superseded)
+        summary.timings["plan"] = time.perf_counter() - t0
         progress.begin(sum(j.nbytes for j in plan.jobs), len(plan.jobs))
+        hasher = _SourceHasher(source_sha256, [i for job in plan.jobs for i in job.items])
+        knobs = {"segment_chars": segment_chars, "batch_chars": batch_chars}
+        knobs["max_document_chars"] = max_document_chars
         try:
             for job in plan.jobs:
-                current = {"name": display_path(job.items[0].source.path)}  # type: ignore[attr-defined]
-
-                def pieces(job: ShardJob = job, current: dict = current) -> Iterator[object]:
-                    for item in job.items:
-                        current["name"] = display_path(item.source.path)  # type: ignore[attr-defined]
-                        yield from iter_pieces(
-                            item.source,  # type: ignore[arg-type]
-                            boundary=data_cfg.document_boundary,
-                            text_field=data_cfg.text_field,
-                            on_decode_error=data_cfg.on_decode_error,
-                            chunk_bytes=chunk_bytes,
-                            start=item.start,
-                            end=item.end,
-                        )
-
+                current = {"name": display_path(job.items[0].source.path)}
                 encoder = StreamEncoder(
-                    tok.encode_batch_arrays,
-                    bos_id=bos_id,
-                    eos_id=eos_id,
-                    cut_rule=tok.cut_rule,
-                    segment_chars=segment_chars,
-                    batch_chars=batch_chars,
-                    max_document_chars=max_document_chars,
+                    setup.encode_batch,
+                    encode_batch_arrays=setup.encode_batch_arrays,
+                    bos_id=setup.bos_id,
+                    eos_id=setup.eos_id,
+                    cut_rule=setup.cut_rule,
                     warn=_warn,
                     source_name=lambda current=current: current["name"],
+                    **knobs,
                 )
-                shard = _write_shard(
-                    cfg, job, data_dir, formats, tok_info, pad_id, encoder, pieces(), progress
-                )
+                feed = _feed(job, cfg, chunk_bytes, current)
+                writer_timings: dict[str, float] = {}
+                try:
+                    shard = _write_shard(
+                        setup, job, encoder, feed, progress, writer_timings, hasher
+                    )
+                finally:
+                    _add_timings(summary.timings, encoder.timings, writer_timings)
+                summary.bytes += job.nbytes
                 if shard is not None:
                     summary.shards.append(shard)
-                    summary.bytes += job.nbytes
                 else:
-                    names = ", ".join(display_path(i.source.path) for i in job.items)  # type: ignore[attr-defined]
+                    names = ", ".join(display_path(i.source.path) for i in job.items)
                     _warn(f"{names}: no text to tokenize (only whitespace), no shard written")
         finally:
+            hasher.close()
             progress.end()
     summary.seconds = time.perf_counter() - started
     return summary
 
 
+class _SourceHasher:
+    """Hashes the sources the plan did not need to hash, on a thread, while they are tokenized.
+
+    hashlib releases the GIL, so this overlaps the encoding instead of delaying its start.
+    """
+
+    def __init__(self, sha256: Callable[[Any, int | None], str], items: list[WorkItem]) -> None:
+        todo = [i for i in items if i.sha256 is None]
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="allllm-sha256")
+        self._futures = {id(i): self._pool.submit(sha256, i.source, i.source.size) for i in todo}
+
+    def resolve(self, items: list[WorkItem]) -> None:
+        """Fill in ``sha256`` of ``items`` (waiting for their hashes where needed)."""
+        for item in items:
+            if item.sha256 is None:
+                item.sha256 = self._futures[id(item)].result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _add_timings(total: dict[str, float], encoder: EncodeTimings, writer: dict[str, float]) -> None:
+    for stage, seconds in [*asdict(encoder).items(), *writer.items()]:
+        total[stage] = total.get(stage, 0.0) + seconds
+
+
+def _feed(
+    job: ShardJob, cfg: Config, chunk_bytes: int, current: dict[str, str]
+) -> Iterator[Pieces]:
+    """The pieces of every item of ``job``, in order, with the bytes of input each completes.
+
+    Progress counts bytes on disk (compressed bytes for a ``.gz``), so every item
+    advances by exactly its byte range, also where its text ends early.
+    """
+    from allllm.data.raw import iter_batches
+
+    data_cfg = cfg.data
+    for item in job.items:
+        source = item.source
+        current["name"] = name = display_path(source.path)
+        done = item.start
+        for batch in iter_batches(
+            source,
+            boundary=data_cfg.document_boundary,
+            text_field=data_cfg.text_field,
+            on_decode_error=data_cfg.on_decode_error,
+            chunk_bytes=chunk_bytes,
+            start=item.start,
+            end=None if source.compressed else item.end,  # a .gz is always read whole
+        ):
+            at = min(batch.read_bytes, item.end)
+            yield Pieces(batch.texts, batch.doc_starts, batch.open, max(0, at - done), name)
+            done = max(done, at)
+        if done < item.end:
+            yield Pieces([], [], False, item.end - done, name)
+
+
 def _write_shard(
-    cfg: Config,
+    setup: _Setup,
     job: ShardJob,
-    data_dir: Path,
-    formats: list[str],
-    tok_info: TokenizerInfo,
-    pad_id: int,
     encoder: StreamEncoder,
-    pieces: Iterator[object],
+    feed: Iterator[Pieces],
     progress: TokenizeProgress,
+    timings: dict[str, float],
+    hasher: _SourceHasher,
 ) -> ShardSummary | None:
+    cfg, tok_info = setup.cfg, setup.tok_info
+    data_dir = cfg.data_dir
     stem = unique_stem(data_dir, job.source_stem, cfg.data.seq_len, utc_timestamp())
     writer = ShardWriter(
         data_dir,
         stem,
         seq_len=cfg.data.seq_len,
-        formats=formats,
+        formats=setup.formats,
         dtype=bin_dtype_for(tok_info.vocab_size),
-        pad_id=pad_id,
+        pad_id=setup.pad_id,
         id_range=tok_info.vocab_size,
         vocab_size=cfg.model.vocab_size,
     )
     progress.begin_shard(stem, job.nbytes)
+    sizes = {display_path(i.source.path): i.nbytes for i in job.items}
     documents = 0
+    file_name = None
     try:
-        for chunk in encoder.encode(pieces):
+        for chunk in encoder.encode(feed):
             writer.add(chunk.ids)
             documents += chunk.documents
-            progress.advance(chunk.bytes_done, int(chunk.ids.size))
-        if writer.n_tokens == 0 and writer.n_rows == 0 and not writer.has_pending():
+            tokens = int(chunk.ids.size)
+            for name, nbytes in chunk.progress:
+                if name != file_name:
+                    progress.begin_file(name, sizes.get(name, 0))
+                    file_name = name
+                progress.advance(nbytes, tokens)
+                tokens = 0
+        if writer.n_rows == 0 and not writer.has_pending():
             writer.abort()
             return None
-        has_jsonl = any(i.source.format == "jsonl" for i in job.items)  # type: ignore[attr-defined]
+        has_jsonl = any(i.source.format == "jsonl" for i in job.items)
+        hasher.resolve(job.items)
         meta = writer.finish(
             tokenizer=tok_info,
             document_boundary=cfg.data.document_boundary,
-            sources=[
-                {
-                    "path": display_path(i.source.path),  # type: ignore[attr-defined]
-                    "size": i.source.size,  # type: ignore[attr-defined]
-                    "sha256": i.sha256,
-                    "byte_range": (i.start, i.end),
-                }
-                for i in job.items
-            ],
+            sources=[_source_record(i) for i in job.items],
             add_bos=cfg.tokenizer.add_bos,
             add_eos=cfg.tokenizer.add_eos,
             text_field=cfg.data.text_field if has_jsonl else None,
@@ -298,6 +410,7 @@ def _write_shard(
         writer.abort()
         raise
     finally:
+        timings.update(writer.timings)
         progress.end_shard()
     return ShardSummary(
         stem=stem,
@@ -308,4 +421,15 @@ def _write_shard(
         tokens=meta.n_tokens,
         rows=meta.n_rows,
         files=[f.name for f in meta.files.values()],
+        supersedes=list(meta.supersedes),
     )
+
+
+def _source_record(item: WorkItem) -> dict[str, Any]:
+    """A meta ``sources`` entry: the path relative to the workspace (cwd) when inside it."""
+    return {
+        "path": display_path(item.source.path),
+        "size": item.source.size,
+        "sha256": item.sha256,
+        "byte_range": (item.start, item.end),
+    }

@@ -1,13 +1,18 @@
 """Decide what ``allllm tokenize`` must do: which sources are up to date, appended or changed.
 
 Shard metas remember every source they were made from (path, size, sha256 and
-the byte range they cover). A source is *up to date* when a shard made with
-the same settings (tokenizer fingerprint, seq_len, document boundary, BOS/EOS,
-text field) covers its current bytes. A source that grew by appending — its
-old content is an unchanged prefix — needs a shard of only the new bytes. A
-source changed any other way is tokenized whole again, and its old shards are
-*superseded* (with every other source those shards hold, so no text is lost).
-Small pieces of work are packed into one shard so they waste no rows.
+the byte range they cover). A source is *up to date* when a live shard made
+with the same settings (tokenizer fingerprint, seq_len, document boundary,
+BOS/EOS, text field) covers its current bytes. A source that grew by appending
+— its old content is an unchanged prefix — needs a shard of only the new
+bytes. A source changed any other way is tokenized whole again, and its old
+shards are *superseded* (with every other source those shards hold, so no
+text is lost). Small pieces of work are packed into one shard so they waste
+no rows.
+
+A shard is *live* unless a newer shard lists its id in ``supersedes``. "Newer"
+matters when text comes back: v1 → v2 → v1 again gives a third shard with the
+first one's id, and only the order tells that the second is the one replaced.
 """
 
 from __future__ import annotations
@@ -16,11 +21,20 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from allllm.data import journal
-from allllm.data.shards import META_SUFFIX, ShardMeta, parse_shard_name, read_meta
+from allllm.data.shards import (
+    META_SUFFIX,
+    ShardMeta,
+    parse_shard_name,
+    read_meta,
+    shard_order_key,
+)
 from allllm.errors import DataError
+
+if TYPE_CHECKING:
+    from allllm.data.raw import RawSource
 
 PACK_LIMIT_BYTES = 256 << 20  # one packed shard holds at most this much input
 
@@ -39,28 +53,29 @@ class Settings:
     text_field: str
 
     def matches(self, meta: ShardMeta) -> bool:
-        if (
-            meta.tokenizer.fingerprint != self.fingerprint
-            or meta.seq_len != self.seq_len
-            or meta.add_bos != self.add_bos
-            or meta.add_eos != self.add_eos
-        ):
-            return False
-        has_jsonl = any(_source_format(s.path) == "jsonl" for s in meta.sources)
-        has_txt = any(_source_format(s.path) == "txt" for s in meta.sources)
-        if has_jsonl and meta.text_field not in (None, self.text_field):
-            return False
-        return not has_txt or meta.document_boundary == self.document_boundary
+        return (
+            meta.tokenizer.fingerprint == self.fingerprint
+            and meta.seq_len == self.seq_len
+            and meta.settings_mismatch(
+                add_bos=self.add_bos,
+                add_eos=self.add_eos,
+                document_boundary=self.document_boundary,
+                text_field=self.text_field,
+            )
+            is None
+        )
 
 
 @dataclass
 class WorkItem:
     """A byte range of one source to tokenize."""
 
-    source: object  # allllm.data.raw.RawSource
+    source: RawSource
     start: int
     end: int
-    sha256: str  # of the whole source as it is now
+    # of the source's first ``source.size`` bytes (the whole file as it was listed); None
+    # where no decision needed it: the caller hashes those while it tokenizes
+    sha256: str | None
     why: Why
 
     @property
@@ -73,7 +88,7 @@ class ShardJob:
     """The work items that become one shard."""
 
     items: list[WorkItem]
-    supersedes: list[str] = field(default_factory=list)
+    supersedes: list[str] = field(default_factory=list)  # shard ids
 
     @property
     def nbytes(self) -> int:
@@ -81,30 +96,28 @@ class ShardJob:
 
     @property
     def source_stem(self) -> str:
-        first = source_stem(self.items[0].source.path)  # type: ignore[attr-defined]
+        first = source_stem(self.items[0].source.path)
         return first if len(self.items) == 1 else f"packed-{first}-{len(self.items)}"
 
 
 @dataclass
 class TokenizePlan:
     jobs: list[ShardJob]
-    up_to_date: list[object]  # RawSource
-    superseded: list[str]  # shard stems that will be superseded
+    up_to_date: list[RawSource]
+    superseded: list[str]  # stems of shards the new ones will supersede
     warnings: list[str]
 
 
 def source_stem(path: Path) -> str:
-    """``notes.txt`` → ``notes``; ``dump.jsonl.gz`` → ``dump``."""
+    """``notes.txt`` → ``notes``; ``dump.jsonl.gz`` → ``dump``; never hidden (no leading dot)."""
     name = path.name
-    for suffix in (".gz",):
-        name = name.removesuffix(suffix)
-    for suffix in (".txt", ".jsonl"):
-        name = name.removesuffix(suffix)
-    return name or path.name
-
-
-def _source_format(path: str) -> str:
-    return "jsonl" if path.removesuffix(".gz").endswith(".jsonl") else "txt"
+    low = name.lower()
+    for suffix in (".txt.gz", ".jsonl.gz", ".txt", ".jsonl"):
+        if low.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    name = name.lstrip(".")  # a hidden shard would be skipped by scans of the journal
+    return name or "source"
 
 
 def display_path(path: Path, cwd: Path | None = None) -> str:
@@ -125,8 +138,20 @@ def identity_of_meta_path(path: str, cwd: Path | None = None) -> str:
     return str(p.resolve())
 
 
-def existing_shards(data_dir: Path) -> list[tuple[str, ShardMeta]]:
-    """(stem, meta) of every complete shard in ``data_dir`` (journaled stems and bad metas skipped)."""
+@dataclass(frozen=True)
+class ExistingShard:
+    """A complete shard in the data dir, with what orders it among the others."""
+
+    stem: str
+    meta: ShardMeta
+    mtime_ns: int = 0  # of its meta file: orders shards whose ``created`` second is the same
+
+    def order(self) -> tuple[str, int, int, str]:
+        return shard_order_key(self.meta.created, self.mtime_ns, self.stem)
+
+
+def existing_shards(data_dir: Path) -> list[ExistingShard]:
+    """Every complete shard in ``data_dir`` (journaled stems and unreadable metas skipped)."""
     if not data_dir.is_dir():
         return []
     journaled = journal.journaled_stems(data_dir)
@@ -138,30 +163,51 @@ def existing_shards(data_dir: Path) -> list[tuple[str, ShardMeta]]:
         if name is None or name.stem in journaled:
             continue
         try:
-            found.append((name.stem, read_meta(Path(entry.path))))
-        except DataError:
+            meta = read_meta(Path(entry.path))
+            mtime = entry.stat().st_mtime_ns
+        except (DataError, OSError):
             continue  # `allllm status` reports unreadable metas; tokenize just cannot build on them
+        found.append(ExistingShard(name.stem, meta, mtime))
     return found
+
+
+def live_shards(shards: Iterable[ExistingShard]) -> list[ExistingShard]:
+    """The shards no newer shard supersedes (oldest first)."""
+    ordered = sorted(shards, key=ExistingShard.order)
+    replaced: set[str] = set()  # ids superseded by a shard newer than the one looked at
+    live = []
+    for shard in reversed(ordered):
+        if shard.meta.shard_id not in replaced:
+            live.append(shard)
+        replaced.update(s for s in shard.meta.supersedes if s != shard.meta.shard_id)
+    return live[::-1]
+
+
+@dataclass
+class _Entry:
+    stem: str
+    size: int  # the source's size when this shard was made
+    start: int
+    end: int
+    sha256: str
 
 
 @dataclass
 class _History:
-    """What existing shards (same settings, not superseded) know about one source."""
+    """What live shards made with the same settings know about one source."""
 
-    entries: list[tuple[str, ShardMeta, int, int, int, str]] = field(default_factory=list)
-    # (stem, meta, size_then, range_start, range_end, sha_then)
+    entries: list[_Entry] = field(default_factory=list)
 
     def stems(self) -> set[str]:
-        return {e[0] for e in self.entries}
+        return {e.stem for e in self.entries}
 
     def latest(self) -> tuple[int, str] | None:
         """(size, sha256) of the most recent tokenized state, if its byte ranges are complete."""
         if not self.entries:
             return None
-        size, sha = max((e[2], e[5]) for e in self.entries)
-        ranges = sorted((e[3], e[4]) for e in self.entries if e[2] <= size)
+        size, sha = max((e.size, e.sha256) for e in self.entries)
         covered = 0
-        for lo, hi in ranges:
+        for lo, hi in sorted((e.start, e.end) for e in self.entries if e.size <= size):
             if lo > covered:
                 return None  # a gap: some shard of this source was deleted
             covered = max(covered, hi)
@@ -169,63 +215,64 @@ class _History:
 
 
 def plan_tokenize(
-    sources: Iterable[object],
-    existing: list[tuple[str, ShardMeta]],
+    sources: Iterable[RawSource],
+    existing: Iterable[ExistingShard],
     settings: Settings,
     *,
-    identity: Callable[[object], str],
-    sha256: Callable[[object, int | None], str],
+    identity: Callable[[RawSource], str],
+    sha256: Callable[[RawSource, int | None], str],
     pack_below_bytes: int,
     force: bool = False,
     cwd: Path | None = None,
 ) -> TokenizePlan:
-    """Compare live sources with existing shards and return the shard jobs to run."""
+    """Compare live sources with existing shards and return the shard jobs to run.
+
+    ``sha256(source, n)`` hashes the first ``n`` bytes of a source; every source
+    is hashed over exactly the ``size`` it was listed with, so text appended while
+    tokenize runs is left for the next run rather than mixed into this one's record.
+    Sources with no earlier shard (and all with ``force``) are not hashed here: their
+    ``WorkItem.sha256`` is None, for the caller to compute while it tokenizes them.
+    """
     sources = list(sources)
     by_identity = {identity(s): s for s in sources}
-    matching = [(stem, m) for stem, m in existing if settings.matches(m)]
-    superseded_ids = {sid for _, m in matching for sid in m.supersedes}
-    live = [(stem, m) for stem, m in matching if m.shard_id not in superseded_ids]
+    live = live_shards(e for e in existing if settings.matches(e.meta))
     histories: dict[str, _History] = {}
     sources_of_stem: dict[str, list[str]] = {}
     stored_path: dict[str, str] = {}
-    meta_of_stem = dict(live)
-    for stem, meta in live:
+    meta_of_stem = {e.stem: e.meta for e in live}
+    for shard in live:
         ids = []
-        for s in meta.sources:
+        for s in shard.meta.sources:
             key = identity_of_meta_path(s.path, cwd)
             ids.append(key)
             stored_path[key] = s.path
             histories.setdefault(key, _History()).entries.append(
-                (stem, meta, s.size, s.byte_range[0], s.byte_range[1], s.sha256)
+                _Entry(shard.stem, s.size, s.byte_range[0], s.byte_range[1], s.sha256)
             )
-        sources_of_stem[stem] = ids
+        sources_of_stem[shard.stem] = ids
 
     warnings: list[str] = []
     items: dict[str, WorkItem] = {}
-    up_to_date: list[object] = []
+    up_to_date: list[RawSource] = []
+    current: dict[str, str] = {}  # identity -> sha256 of the source now
     full: set[str] = set()  # identities to tokenize whole
     for key, src in by_identity.items():
-        size = src.size  # type: ignore[attr-defined]
         hist = histories.get(key)
-        latest = hist.latest() if hist else None
-        if force:
+        if force or hist is None:
             full.add(key)
             continue
-        if hist is None:
-            items[key] = WorkItem(src, 0, size, sha256(src, None), "new")
-            continue
-        current = sha256(src, None)
-        if latest is not None and latest[0] == size and latest[1] == current:
+        current[key] = sha = sha256(src, src.size)
+        latest = hist.latest()
+        if latest is not None and latest == (src.size, sha):
             up_to_date.append(src)
             continue
-        compressed = getattr(src, "compressed", False)
         if (
             latest is not None
-            and not compressed
-            and size > latest[0]
+            and not src.compressed
+            and src.size > latest[0]
             and sha256(src, latest[0]) == latest[1]
         ):
-            items[key] = WorkItem(src, latest[0], size, current, "appended")
+            items[key] = WorkItem(src, latest[0], src.size, sha, "appended")
             continue
         full.add(key)
 
@@ -253,9 +300,8 @@ def plan_tokenize(
     for key in full:
         src = by_identity[key]
         why: Why = "forced" if force else ("changed" if key in histories else "new")
-        items[key] = WorkItem(src, 0, src.size, sha256(src, None), why)  # type: ignore[attr-defined]
-        if src in up_to_date:
-            up_to_date.remove(src)
+        items[key] = WorkItem(src, 0, src.size, current.get(key), why)
+    up_to_date = [s for s in up_to_date if identity(s) not in full]
 
     ordered = [items[k] for k in by_identity if k in items]  # input order (sorted by the reader)
     jobs = _pack(ordered, pack_below_bytes)

@@ -58,6 +58,9 @@ def process_group(info: DistInfo, device: torch.device) -> Iterator[None]:
     dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
     try:
         yield
+        # leave together: a rank tearing its connections down while rank 0 still writes the
+        # last checkpoint makes gloo abort ("terminate called without an active exception")
+        dist.barrier()
     finally:
         with contextlib.suppress(Exception):
             dist.destroy_process_group()

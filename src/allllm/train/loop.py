@@ -195,7 +195,9 @@ def _accumulate(
         [float(local_targets), float(local_tokens)], info, device
     )
     denom = max(global_targets, 1.0) / info.world_size
-    loss_total = 0.0
+    acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    loss_total = torch.zeros((), dtype=acc_dtype, device=device)  # summed on the device:
+    # converting each micro-batch's loss to a Python float would sync a GPU every time.
     # Every rank runs the same number of micro-steps: under FSDP each forward and backward is a
     # collective, and in a final partial batch some ranks have fewer rows (or none). The extra
     # micro-steps run a dummy row whose loss has no targets, so they add nothing.
@@ -215,9 +217,9 @@ def _accumulate(
             loss_sum, _count = ctx.model(ids, lengths, return_loss=True)
             loss = loss_sum / denom
         ctx.scaler.scale(loss).backward()
-        loss_total += float(loss_sum.detach())
-    (loss_total,) = all_reduce_sum([loss_total], info, device)
-    return loss_total, int(global_targets), int(global_tokens)
+        loss_total += loss_sum.detach().to(acc_dtype)
+    (loss_global,) = all_reduce_sum([float(loss_total)], info, device)
+    return loss_global, int(global_targets), int(global_tokens)
 
 
 def run_evals(ctx: LoopContext, micro_batch_size: int) -> dict[str, Any]:

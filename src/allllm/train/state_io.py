@@ -58,14 +58,50 @@ def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], whe
     set_model_state_dict(inner, state, options=StateDictOptions(full_state_dict=True))
 
 
+def _by_index(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> dict[str, Any]:
+    """The name-keyed full state as torch's own index-keyed ``optimizer.state_dict()`` form."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    saved_groups = state["param_groups"]
+    if len(saved_groups) != len(optimizer.param_groups):
+        raise ValueError(
+            f"{len(saved_groups)} parameter groups saved, the optimizer has "
+            f"{len(optimizer.param_groups)}"
+        )
+    by_index: dict[int, Any] = {}
+    groups, index = [], 0
+    for group, saved in zip(optimizer.param_groups, saved_groups):
+        here = [names[id(p)] for p in group["params"]]
+        if here != list(saved["params"]):
+            raise ValueError("the saved parameter groups hold other parameters")
+        for name in here:
+            if name in state["state"]:
+                by_index[index] = state["state"][name]
+            index += 1
+        groups.append({**saved, "params": list(range(index - len(here), index))})
+    return {"state": by_index, "param_groups": groups}
+
+
 def load_optimizer_state(
     model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], where: str
 ) -> None:
-    """Load the optimizer state saved by :func:`optimizer_state`."""
+    """Load the optimizer state saved by :func:`optimizer_state`.
+
+    Unsharded models (one process, DDP) take the loaded tensors as they are
+    (``optimizer.load_state_dict``); ``set_optimizer_state_dict`` would first build
+    a throw-away state with a dummy step and copy into it (10x slower for 125M on CPU).
+    """
+    from torch.distributed.tensor import DTensor
+
+    inner = unwrap(model)
     try:
-        set_optimizer_state_dict(
-            unwrap(model), optimizer, state, options=StateDictOptions(full_state_dict=True)
-        )
+        if any(isinstance(p, DTensor) for p in inner.parameters()):
+            set_optimizer_state_dict(
+                inner, optimizer, state, options=StateDictOptions(full_state_dict=True)
+            )
+        else:
+            optimizer.load_state_dict(_by_index(inner, optimizer, state))
     except (KeyError, ValueError, RuntimeError) as exc:
         raise CheckpointError(
             f"{where}: optimizer state does not fit this model ({type(exc).__name__}: {exc})",

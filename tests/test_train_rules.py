@@ -89,7 +89,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setitem(ckpt_io.save_checkpoint.__globals__, "_fsync_file", full)
-    with pytest.raises(CheckpointError, match="disk full"):
+    with pytest.raises(CheckpointError, match="disk is full"):
         _train(only_new=True, max_steps=2)
     monkeypatch.setitem(ckpt_io.save_checkpoint.__globals__, "_fsync_file", real_save)
     assert [r.step for r in list_checkpoints(ws / CKPT)] == [4]

@@ -1,15 +1,17 @@
 """Named fault points for the fault-injection test suite (never active in normal use).
 
-``ALLLLM_FAULT=<point>[:<n>]`` makes the process SIGKILL itself the n-th time
-(default: first) it passes ``fault_point("<point>")`` — exactly what a power
-cut or an OOM kill does at that moment. The suite uses it to prove that no
-crash point loses data, trains a shard twice or leaves a half-written file
-that a later run would trust. Without the variable a fault point costs one
-dictionary lookup.
+``ALLLLM_FAULT=<point>[:<n>[:enospc]]`` makes the process SIGKILL itself the
+n-th time (default: first) it passes ``fault_point("<point>")`` — exactly what
+a power cut or an OOM kill does at that moment — or, with ``enospc``, fail
+there as a full disk does (``OSError(ENOSPC)``). The suite uses it to prove
+that no crash point loses data, trains a shard twice or leaves a half-written
+file that a later run would trust. Without the variable a fault point costs
+one environment lookup.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
@@ -17,22 +19,30 @@ _ENV = "ALLLLM_FAULT"
 _counts: dict[str, int] = {}
 
 
-def _target() -> tuple[str, int] | None:
+def _target() -> tuple[str, int, str] | None:
     spec = os.environ.get(_ENV, "")
     if not spec:
         return None
-    name, _, nth = spec.partition(":")
-    return name, int(nth) if nth.isdigit() else 1
+    name, _, rest = spec.partition(":")
+    nth, _, action = rest.partition(":")
+    return name, int(nth) if nth.isdigit() else 1, action or "kill"
 
 
 def fault_point(name: str) -> None:
-    """SIGKILL this process here if ``ALLLLM_FAULT`` names this point (and this is the n-th pass)."""
+    """Fail here if ``ALLLLM_FAULT`` names this point and this is the n-th pass.
+
+    Call it where an ``OSError`` would be handled as a write failure, so the
+    ``enospc`` action exercises the same path a full disk does.
+    """
     target = _target()
     if target is None or target[0] != name:
         return
     _counts[name] = _counts.get(name, 0) + 1
-    if _counts[name] >= target[1]:
-        os.kill(os.getpid(), signal.SIGKILL)
+    if _counts[name] < target[1]:
+        return
+    if target[2] == "enospc":
+        raise OSError(errno.ENOSPC, "No space left on device (injected)")
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 POINTS = (

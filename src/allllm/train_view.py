@@ -7,6 +7,7 @@ tokens/s (MFU on GPU) and ETA — so the library stays usable headless.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.console import Console
@@ -22,6 +23,8 @@ from rich.progress import (
 
 from allllm.config import format_count
 
+LOG_EVERY_S = 30.0  # without a terminal: one progress line at most this often
+
 
 class RichTrainReporter:
     """Live progress for rank 0; other ranks stay silent except for warnings."""
@@ -36,6 +39,7 @@ class RichTrainReporter:
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._last: dict[str, Any] = {}
+        self._last_line = time.monotonic()
 
     # -- messages -----------------------------------------------------------------------------
     def message(self, text: str) -> None:
@@ -62,6 +66,8 @@ class RichTrainReporter:
             f"{format_count(info['total_tokens'])} tokens",
             soft_wrap=True,
         )
+        if not self.console.is_terminal:
+            return  # logs and pipes get a plain line now and then instead of a live bar
         self._progress = Progress(
             TextColumn("step {task.fields[step]}"),
             BarColumn(),
@@ -81,8 +87,6 @@ class RichTrainReporter:
 
     def step(self, record: dict[str, Any]) -> None:
         self._last = record
-        if self._progress is None or self._task is None:
-            return
         stats = (
             f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s"
         )
@@ -90,9 +94,20 @@ class RichTrainReporter:
             stats += f"  MFU {record['mfu']:.1%}"
         if "val_loss" in record:
             stats += f"  val {record['val_loss']:.4f}"
-        self._progress.update(
-            self._task, completed=record["run_step"], step=record["step"], stats=stats
-        )
+        if self._progress is not None and self._task is not None:
+            self._progress.update(
+                self._task, completed=record["run_step"], step=record["step"], stats=stats
+            )
+            return
+        now = time.monotonic()
+        last_step = record["run_step"] >= record["run_steps"]
+        if self.main and not self.quiet and (now - self._last_line >= LOG_EVERY_S or last_step):
+            self._last_line = now
+            self.console.print(
+                f"step {record['step']} ({record['run_step']}/{record['run_steps']})  {stats}",
+                soft_wrap=True,
+                highlight=False,
+            )
 
     def evaluated(self, record: dict[str, Any]) -> None:
         if self._progress is not None and not self.quiet:

@@ -36,6 +36,7 @@ from allllm.data.shards import (
     utc_iso,
 )
 from allllm.errors import DataError
+from allllm.faults import fault_point
 from allllm.fsutil import fsync_dir
 
 #: the writer's stages: CPU seconds of the writing thread, except ``finish`` (fsync, renames,
@@ -239,6 +240,7 @@ class ShardWriter:
                 if self._bin_sha is not None:
                     self._bin_sha.update(data)
                 self._files["bin"].write(data)
+            fault_point("tokenize.rows")
         except OSError as exc:
             self._fail(exc)
         self.n_rows += rows.shape[0]
@@ -288,7 +290,9 @@ class ShardWriter:
             for role in self._files:
                 os.replace(self.data_dir / self._temp[role], self.data_dir / self._final[role])
             fsync_dir(self.data_dir)
+            fault_point("tokenize.renamed")
             self._write_meta(meta)
+            fault_point("tokenize.meta")
             journal.end(self.data_dir, self.stem)
         except OSError as exc:
             self._fail(exc)

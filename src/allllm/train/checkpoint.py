@@ -18,6 +18,7 @@ or the one a pending run started from (``--abandon-pending`` goes back to it).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -201,7 +202,7 @@ def save_checkpoint(
     except OSError as exc:
         with contextlib.suppress(OSError):
             shutil.rmtree(tmp)
-        what = "disk full" if exc.errno == 28 else (exc.strerror or str(exc))
+        what = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
         raise CheckpointError(
             f"cannot save checkpoint {final}: {what}",
             "free space (or fix permissions); the previous checkpoint is intact and is used next time",

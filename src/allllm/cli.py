@@ -509,8 +509,8 @@ def generate_cmd(
 ) -> None:
     """Continue a prompt with the trained model, streaming the text as it is produced.
 
-    Stops at the end-of-text token or after --max-new-tokens. Example:
-    allllm generate --model tiny --prompt "Return the" --max-new-tokens 100 --seed 1
+    Stops at the end-of-text token or after --max-new-tokens.
+    Example: allllm generate --model tiny --prompt "Return the" --max-new-tokens 100 --seed 1
     """
     from allllm.config import load_config
     from allllm.generate_text import SamplingSettings, generate_text
@@ -667,8 +667,7 @@ def demo_cmd(
 ) -> None:
     """The whole step-wise workflow on a tiny model in a few minutes: start here.
 
-    Makes a workspace with the tiny preset and a corpus of Python's own docstrings, then runs
-    tokenize, train --only-new, status and generate; adds more text and trains only on it.
+    Makes DIR with the tiny preset and Python's own docstrings as text, runs tokenize, train --only-new, status and generate, then adds text and trains only on it.
     Example: allllm demo
     """
     from allllm.demo import run_demo

@@ -101,6 +101,7 @@ def generate(
     eos_id: int | None = None,
     on_token: Callable[[Tensor], None] | None = None,
     use_cache: bool = True,
+    vocab_limit: int | None = None,
 ) -> Tensor:
     """Extend ``ids`` (``[T]`` or ``[B, T]``, equal-length prompts) by up to ``max_new_tokens``.
 
@@ -108,7 +109,9 @@ def generate(
     ``[B]`` as soon as they exist (for streaming). With ``eos_id`` a row that
     produced it keeps emitting ``eos_id``, and the loop stops once every row
     has. ``use_cache=False`` recomputes the whole sequence each step (slow; a
-    reference for tests). Returns prompt and new tokens, same rank as ``ids``.
+    reference for tests). ``vocab_limit`` never samples ids at or above it (the
+    embedding may have more rows than the tokenizer has ids; those rows were never
+    trained and decode to nothing). Returns prompt and new tokens, same rank as ``ids``.
     """
     if max_new_tokens < 0:
         raise ValueError("max_new_tokens must be >= 0")
@@ -127,6 +130,8 @@ def generate(
         for _ in range(max_new_tokens):
             hidden = model.hidden_states(step_input if use_cache else seq, cache)
             logits = model.lm_head(hidden[:, -1], model.head_weight)  # the last position only
+            if vocab_limit is not None and vocab_limit < logits.shape[-1]:
+                logits[:, vocab_limit:] = float("-inf")
             token = sample_next(logits, temperature, top_k, top_p, generator)
             if eos_id is not None:
                 token = torch.where(finished, eos_id, token)

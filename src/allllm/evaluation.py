@@ -1,0 +1,222 @@
+"""``allllm eval``: loss and perplexity of a trained model over shards it never trained on.
+
+By default the rows are the ones DESIGN.md §5 holds out: the validation rows
+of every shard the checkpoint has seen (and of the run it is in the middle of,
+whose validation rows are held out just the same) plus every row of the
+``data.eval_shards`` shards. ``--shards GLOB`` evaluates all rows of the
+matching valid shards instead (any text you tokenized with the config).
+
+The validation split is recomputed from the seed and ``val_fraction`` in the
+checkpoint's config snapshot — the values the rows were held out with — and
+the loss is the causal-LM loss of training (sum over predicted tokens / their
+count), per shard and in total; perplexity is ``exp(loss)``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from allllm.errors import DataError
+
+if TYPE_CHECKING:
+    from allllm.config import Config
+    from allllm.data.registry import ScanResult, ShardEntry
+    from allllm.inference import TrainedModel
+
+Warn = Callable[[str], None]
+
+
+class EvalProgress(Protocol):
+    """Rows evaluated so far (the CLI draws a progress bar from it)."""
+
+    def begin(self, total_rows: int) -> None: ...
+    def advance(self, rows: int) -> None: ...
+    def end(self) -> None: ...
+
+
+@dataclass
+class EvalPart:
+    """The rows of one shard that are evaluated, and why they were chosen."""
+
+    entry: ShardEntry
+    rows: np.ndarray  # row numbers within the shard
+    role: str  # validation | eval_shard | all
+
+
+@dataclass
+class EvalResult:
+    """Loss over the chosen rows (``eval --json`` prints ``to_dict()``)."""
+
+    loss: float
+    perplexity: float
+    tokens: int  # predicted tokens (targets) the loss averages over
+    rows: int
+    step: int
+    checkpoint: str
+    shards: list[dict[str, Any]] = field(default_factory=list)  # name, role, rows, tokens, loss
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def perplexity(loss: float) -> float:
+    """``exp(loss)``; inf where it overflows (an untrained model on a huge vocabulary)."""
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return math.inf
+
+
+def _matches(entry: ShardEntry, pattern: str) -> bool:
+    return fnmatch.fnmatch(entry.name, pattern) or any(
+        fnmatch.fnmatch(f, pattern) for f in entry.files.values()
+    )
+
+
+def select_rows(
+    cfg: Config,
+    scan: ScanResult,
+    state: dict[str, Any],
+    *,
+    shards: str | None = None,
+    warn: Warn | None = None,
+) -> list[EvalPart]:
+    """The shards and rows ``eval`` reads (see the module doc); a one-line error if none."""
+    from allllm.data.valsplit import split_rows
+
+    def note(text: str) -> None:
+        if warn:
+            warn(text)
+
+    parts: list[EvalPart] = []
+    if shards is not None:
+        matched = [e for e in scan.shards if _matches(e, shards)]
+        for entry in matched:
+            if entry.state == "duplicate":
+                note(f"skipping {entry.name}: same shard_id as {entry.duplicate_of}")
+            elif not entry.valid or not entry.n_rows:
+                note(f"skipping {entry.name}: {entry.state}: {entry.reason or 'no rows'}")
+            else:
+                parts.append(EvalPart(entry, np.arange(entry.n_rows), "all"))
+        if not parts:
+            found = f"{len(matched)} matching shard(s), none valid" if matched else "no shard"
+            raise DataError(
+                f"--shards {shards!r}: {found} in {cfg.data_dir}",
+                f"see `allllm status --model {cfg.name}` for shard names and states",
+            )
+        return parts
+    snapshot = state.get("config") or {}
+    seed = int((snapshot.get("train") or {}).get("seed", cfg.train.seed))
+    val_fraction = float((snapshot.get("data") or {}).get("val_fraction", cfg.data.val_fraction))
+    run = state.get("run") or {}
+    held_out = set(state.get("seen") or {}) | set(run.get("shard_ids") or [])
+    for entry in scan.shards:
+        if entry.state not in ("new", "seen") or not entry.shard_id or not entry.n_rows:
+            continue
+        if entry.eval_only:
+            parts.append(EvalPart(entry, np.arange(entry.n_rows), "eval_shard"))
+        elif entry.shard_id in held_out:
+            val = split_rows(seed, entry.shard_id, entry.n_rows, val_fraction)[1]
+            if val.size:
+                parts.append(EvalPart(entry, val, "validation"))
+    if not parts:
+        raise DataError(
+            f"nothing to evaluate: no validation rows in the shards checkpoint step "
+            f"{state.get('step')} has seen, and data.eval_shards matches no shard",
+            "pass --shards GLOB to evaluate all rows of given shards",
+        )
+    return parts
+
+
+def evaluate_model(
+    trained: TrainedModel,
+    *,
+    shards: str | None = None,
+    progress: EvalProgress | None = None,
+    warn: Warn | None = None,
+    trust_unverified: bool = False,
+) -> EvalResult:
+    """Loss and perplexity of ``trained`` over the rows :func:`select_rows` chooses."""
+    from allllm.data.dataset import ShardDataset
+    from allllm.data.registry import ScanSpec, TokenizerIdentity, scan_shards
+    from allllm.data.seen import SeenMap
+    from allllm.train.evaluate import evaluate_rows
+    from allllm.train.precision import resolve_precision
+
+    cfg, state = trained.cfg, trained.state
+    ident = TokenizerIdentity.from_description(trained.tokenizer.describe())
+    seen = state.get("seen") or {}
+    seen_map = (
+        SeenMap.from_dict({"format_version": 1, "shards": seen}, "checkpoint")
+        if seen
+        else SeenMap()
+    )
+    scan = scan_shards(
+        cfg.data_dir,
+        ScanSpec.from_config(cfg, ident),
+        seen_map,
+        trust_unverified=trust_unverified,
+    )
+    parts = select_rows(cfg, scan, state, shards=shards, warn=warn)
+    for entry in scan.verify([p.entry for p in parts]):  # changed files would give a wrong loss
+        if warn:
+            warn(f"skipping {entry.name}: invalid: {entry.reason}")
+    parts = [p for p in parts if p.entry.state != "invalid"]
+    if not parts:
+        raise DataError("nothing to evaluate: every chosen shard failed its digest check")
+    precision = resolve_precision(cfg.train.precision, trained.device)
+    total_rows = sum(int(p.rows.size) for p in parts)
+    if progress:
+        progress.begin(total_rows)
+    loss_sum, count, per_shard = 0.0, 0, []
+    try:
+        for part in parts:
+            dataset = ShardDataset(
+                [part.entry.source(cfg.data_dir)], vocab_limit=cfg.model.vocab_size
+            )
+            try:
+                total, n = evaluate_rows(
+                    trained.model,
+                    dataset,
+                    part.rows,
+                    micro_batch_size=cfg.train.micro_batch_size,
+                    device=trained.device,
+                    autocast=precision.autocast,
+                    progress=progress.advance if progress else None,
+                )
+            finally:
+                dataset.close()
+            loss_sum += total
+            count += n
+            per_shard.append(
+                {
+                    "name": part.entry.name,
+                    "role": part.role,
+                    "rows": int(part.rows.size),
+                    "tokens": n,
+                    "loss": total / n if n else None,
+                }
+            )
+    finally:
+        if progress:
+            progress.end()
+    if count == 0:
+        raise DataError(
+            "nothing to evaluate: the chosen rows hold no predicted tokens (rows of one token)"
+        )
+    loss = loss_sum / count
+    return EvalResult(
+        loss=loss,
+        perplexity=perplexity(loss),
+        tokens=count,
+        rows=total_rows,
+        step=trained.step,
+        checkpoint=str(trained.checkpoint.path),
+        shards=per_shard,
+    )

@@ -67,7 +67,8 @@ from _train_harness import (
     run_ours,
     workspace_config,
 )
-from allllm.config import Config, count_parameters, flops_per_token
+from allllm.config import Config
+from allllm.sizes import count_parameters, flops_per_token
 
 PLAIN = "plain HF loop"
 PLAIN_OURS = "allllm's model in the plain loop"

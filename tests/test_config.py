@@ -10,7 +10,6 @@ import pytest
 from allllm.config import (
     ARCH_DEFAULTS,
     Config,
-    count_parameters,
     find_config,
     init_config,
     load_config,
@@ -19,6 +18,7 @@ from allllm.config import (
     preset_names,
 )
 from allllm.errors import ConfigError
+from allllm.sizes import count_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 

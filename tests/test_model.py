@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from allllm.config import count_parameters, flops_per_token, parse_config
+from allllm.config import parse_config
 from allllm.model import (
     IGNORE_INDEX,
     KVCache,
@@ -25,6 +25,7 @@ from allllm.model import (
     sample_next,
     shifted_targets,
 )
+from allllm.sizes import count_parameters, flops_per_token
 from model_helpers import CONFIGS, randomize, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -335,8 +335,9 @@ def run_demo(
 
 
 def _first_half(demo: _Demo, directory: Path, rerun: bool) -> None:
-    from allllm.config import count_parameters, format_count, load_config
+    from allllm.config import load_config
     from allllm.demo_corpus import build_corpus, stdlib_dir
+    from allllm.sizes import count_parameters, format_count
 
     ui, settings = demo.ui, demo.settings
     config = write_demo_config(settings.config)

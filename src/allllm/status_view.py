@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from allllm.config import format_count
+from allllm.sizes import format_count
 
 _STYLE = {
     "new": "green",

@@ -27,9 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from allllm.config import ModelConfig, flops_per_token
+from allllm.config import ModelConfig
 from allllm.model.layers import Block, LayerNorm, RMSNorm, Rotary, make_norm, residual_init_std
 from allllm.model.loss import linear_cross_entropy, shifted_targets
+from allllm.sizes import flops_per_token
 
 if TYPE_CHECKING:
     from allllm.model.generation import KVCache

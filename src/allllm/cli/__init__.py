@@ -1,0 +1,92 @@
+"""The ``allllm`` command line: Typer verbs that parse options, call the library, print.
+
+Nothing here holds logic a Python caller would miss: every verb is a thin
+wrapper over a library function. Heavy modules (torch, transformers, the
+tokenizer backends) are imported inside the verbs so ``allllm --help`` stays
+fast. :func:`main` owns error handling: user errors are one line on stderr and
+exit 1, usage errors exit 2, Ctrl-C exits 130, tracebacks only with
+``--debug`` / ``ALLLLM_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from allllm.cli import data_verbs, train_verb, use_verbs  # noqa: F401 - registers the verbs
+from allllm.cli.app import app, debug_enabled, state
+from allllm.errors import AllllmError
+
+__all__ = ["app", "main"]
+
+
+def _print_error(message: str) -> None:
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+
+
+def _is_usage_error(exc: BaseException) -> bool:
+    """Click/Typer usage errors (bad option, missing argument, ...) across Typer versions."""
+    return (
+        not isinstance(exc, AllllmError)
+        and hasattr(exc, "show")
+        and isinstance(getattr(exc, "exit_code", None), int)
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; exits with DESIGN.md §9's codes."""
+    args = sys.argv[1:] if argv is None else argv
+    if "--debug" in args:
+        state["debug"] = True
+    try:
+        code = app(args=args, prog_name="allllm", standalone_mode=False)
+        if isinstance(code, int) and code:  # click returns typer.Exit's code in this mode
+            sys.exit(code)
+    except typer.Exit as exc:
+        sys.exit(getattr(exc, "exit_code", 0))
+    except typer.Abort:
+        _print_error("interrupted")
+        sys.exit(130)
+    except AllllmError as exc:
+        if debug_enabled():
+            import traceback
+
+            traceback.print_exc()
+        _print_error(exc.one_line())
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        _print_error("interrupted")
+        sys.exit(130)
+    except BrokenPipeError:
+        # `allllm status --json | head`: the reader went away; that is not an error.
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        except OSError:
+            pass
+        sys.exit(0)
+    except OSError as exc:
+        if debug_enabled():
+            raise
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        _print_error(f"{exc.strerror or exc}{where} — check the path and its permissions")
+        sys.exit(1)
+    except SystemExit:
+        raise
+    except Exception as exc:
+        if _is_usage_error(exc):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        if debug_enabled():
+            raise
+        _print_error(
+            f"internal error: {type(exc).__name__}: {exc} — this is a bug in allllm; rerun with "
+            "--debug for the traceback and report it"
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

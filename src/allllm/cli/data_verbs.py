@@ -1,0 +1,274 @@
+"""Verbs about configs and data: ``config``, ``tokenizer train``, ``tokenize``, ``status``."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from allllm.cli.app import (
+    ConfigOpt,
+    JsonOpt,
+    ModelOpt,
+    QuietOpt,
+    app,
+    config_app,
+    make_console,
+    print_json,
+    tokenizer_app,
+    warn_line,
+)
+
+if TYPE_CHECKING:
+    from allllm.config import Config
+
+# config ---------------------------------------------------------------------------------------
+
+
+@config_app.command("list")
+def config_list(as_json: JsonOpt = False) -> None:
+    """List local configs (./configs) and packaged presets.
+
+    Example: allllm config list
+    """
+    from allllm.config import iter_known_configs
+    from allllm.sizes import count_parameters, format_count
+
+    rows = []
+    for source in iter_known_configs():
+        try:
+            cfg = source.load()
+        except Exception as exc:  # a broken local config is listed, not fatal
+            rows.append({"name": source.name, "source": source.describe(), "error": str(exc)})
+            continue
+        rows.append(
+            {
+                "name": source.name,
+                "source": source.kind,
+                "arch": cfg.model.arch,
+                "parameters": count_parameters(cfg.model),
+                "seq_len": cfg.data.seq_len,
+                "tokenizer": f"{cfg.tokenizer.backend}"
+                + (f":{cfg.tokenizer.path}" if cfg.tokenizer.path else ""),
+            }
+        )
+    if as_json:
+        print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(title="configs", title_justify="left")
+    for col in ("name", "source", "arch", "params", "seq_len", "tokenizer"):
+        table.add_column(col, justify="right" if col in ("params", "seq_len") else "left")
+    for r in rows:
+        if "error" in r:
+            table.add_row(r["name"], r["source"], "[red]invalid[/red]", "", "", r["error"])
+        else:
+            table.add_row(
+                r["name"],
+                r["source"],
+                r["arch"],
+                format_count(r["parameters"]),
+                str(r["seq_len"]),
+                r["tokenizer"],
+            )
+    make_console().print(table)
+
+
+@config_app.command("show")
+def config_show(model: ModelOpt = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Show the resolved, validated config and its parameter count.
+
+    Example: allllm config show --model phi-2
+    """
+    from allllm.config import find_config
+    from allllm.sizes import count_parameters, format_count
+
+    source = find_config(model, config)
+    cfg = source.load()
+    n_params = count_parameters(cfg.model)
+    if as_json:
+        print_json(
+            {"source": source.describe(), "parameters": n_params, "config": cfg.to_json_dict()}
+        )
+        return
+    console = make_console()
+    console.print(f"[bold]{cfg.name}[/bold]  ({source.describe()})", markup=True, highlight=False)
+    console.print(
+        f"parameters: [bold]{format_count(n_params)}[/bold] ({n_params:,})  arch: {cfg.model.arch}"
+        f"  seq_len: {cfg.data.seq_len}  checkpoints: {cfg.checkpoint_path}"
+    )
+    console.print_json(json.dumps(cfg.to_json_dict()))
+
+
+@config_app.command("init")
+def config_init(
+    new: Annotated[str, typer.Argument(help="Name of the new config (configs/NEW.json).")],
+    from_: Annotated[str, typer.Option("--from", help="Preset or local config to copy.")] = "tiny",
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing configs/NEW.json.")
+    ] = False,
+) -> None:
+    """Create configs/NEW.json from a preset, with its own name and checkpoint dir.
+
+    Example: allllm config init my-phi --from phi-2
+    """
+    from allllm.config import init_config
+
+    path = init_config(new, from_, force=force)
+    make_console().print(
+        f"wrote {path} (from {from_}); edit it, then: allllm config show --model {new}"
+    )
+
+
+# tokenizer ------------------------------------------------------------------------------------
+
+
+@tokenizer_app.command("train")
+def tokenizer_train(
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    vocab_size: Annotated[
+        int | None,
+        typer.Option("--vocab-size", min=16, help="Vocabulary size (default: model.vocab_size)."),
+    ] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            "--kind",
+            help="bpe (HF byte-level BPE) or sentencepiece (default: from tokenizer.backend).",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite an existing tokenizer file.")
+    ] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train a tokenizer on the config's raw text and write it to tokenizer.path.
+
+    Example: allllm tokenizer train --model my-model --vocab-size 32000 --kind bpe
+    """
+    from allllm.config import load_config
+    from allllm.tokenizer.training import train_tokenizer_from_config
+
+    if kind is not None and kind not in ("bpe", "sentencepiece"):
+        raise typer.BadParameter("must be 'bpe' or 'sentencepiece'", param_hint="--kind")
+    cfg = load_config(model, config)
+    result = train_tokenizer_from_config(
+        cfg, vocab_size=vocab_size, kind=kind, force=force, show_progress=not quiet
+    )
+    if not quiet:
+        make_console().print(
+            f"wrote {result.path} ({result.kind}, {result.vocab_size} ids, trained on "
+            f"{result.documents} documents / {result.bytes_read / 1e6:.1f} MB)"
+        )
+
+
+# tokenize -------------------------------------------------------------------------------------
+
+
+@app.command("tokenize")
+def tokenize_cmd(
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    input_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input", "-i", help="Raw file, folder or glob (repeatable); overrides data.raw_path."
+        ),
+    ] = None,
+    bin_: Annotated[
+        bool, typer.Option("--bin", help="Also write the memory-mapped .bin format.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Redo sources that are already up to date.")
+    ] = False,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="Encoder threads (default: all cores).")
+    ] = None,
+    quiet: QuietOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Tokenize raw text into cached shards in data.dir (only what is new or changed).
+
+    Example: allllm tokenize --model tiny --input data/raw
+    """
+    from allllm.config import load_config
+    from allllm.data.tokenize import tokenize
+
+    cfg = load_config(model, config)
+    console = make_console()
+    err_console = make_console(stderr=True)
+    show = not (quiet or as_json)
+    progress = None
+    if show and err_console.is_terminal:  # no bar in logs and pipes: the summary says it all
+        from allllm.tokenize_view import RichTokenizeProgress
+
+        progress = RichTokenizeProgress(err_console)
+
+    def warn(message: str) -> None:
+        if not quiet:
+            warn_line(err_console, message)
+
+    summary = tokenize(
+        cfg,
+        inputs=input_ or None,
+        force=force,
+        extra_formats=["bin"] if bin_ else None,
+        progress=progress,
+        warn=warn,
+        num_threads=threads,
+    )
+    if as_json:
+        print_json(summary.to_dict())
+    elif show:
+        from allllm.tokenize_view import render_summary
+
+        render_summary(summary, console)
+
+
+# status ---------------------------------------------------------------------------------------
+
+
+@app.command("status")
+def status_cmd(
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Also check every shard's sha256 digests.")
+    ] = False,
+    trust_unverified: Annotated[
+        bool,
+        typer.Option("--trust-unverified", help="Validate shards without meta by reading them."),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the shards of data.dir: new, seen (at which step), invalid (why), ...
+
+    Example: allllm status --model tiny --json
+    """
+    from allllm.config import load_config
+    from allllm.status import build_status
+
+    cfg = load_config(model, config)
+    report = build_status(
+        cfg, verify=verify, trust_unverified=trust_unverified, checkpoint=_checkpoint_summary(cfg)
+    )
+    if as_json:
+        print_json(report)
+        return
+    from allllm.status_view import render_status
+
+    render_status(report, make_console())
+
+
+def _checkpoint_summary(cfg: Config) -> dict | None:
+    """The latest checkpoint for `status` (None until `allllm train` has saved one)."""
+    from allllm.train.checkpoint import checkpoint_summary
+
+    notes: list[str] = []
+    summary = checkpoint_summary(cfg.checkpoint_path, warn=notes.append)
+    for note in notes:
+        warn_line(make_console(stderr=True), note)
+    return summary

@@ -65,7 +65,7 @@ def train_cmd(
     from_checkpoint: Annotated[
         Path | None,
         typer.Option(
-            "--from-checkpoint", help="Start from this checkpoint directory (step-XXXXXXXX)."
+            "--from-checkpoint", help="Start from this checkpoint directory (step-NNNNNNNN)."
         ),
     ] = None,
     device: Annotated[

@@ -1,6 +1,6 @@
 """Checkpoints on disk (DESIGN.md §7): written whole or not at all, found by step.
 
-Layout of ``checkpoints/<name>/step-XXXXXXXX/`` (global optimizer steps)::
+Layout of ``checkpoints/<name>/step-NNNNNNNN/`` (global optimizer steps)::
 
     model.safetensors     weights (a tied head is stored once, under embed.weight)
     optimizer.pt          optimizer and grad-scaler state; loadable with weights_only=True
@@ -85,7 +85,7 @@ class CheckpointRef:
 
 
 def list_checkpoints(directory: Path) -> list[CheckpointRef]:
-    """Every ``step-XXXXXXXX`` directory, complete or not, by step."""
+    """Every ``step-NNNNNNNN`` directory, complete or not, by step."""
     try:
         entries = list(os.scandir(directory))
     except FileNotFoundError:
@@ -142,7 +142,7 @@ def find_checkpoint(path: Path) -> CheckpointRef:
     if not path.is_dir() or not m:
         raise CheckpointError(
             f"{path}: not a checkpoint directory",
-            "point --from-checkpoint at a checkpoints/<name>/step-XXXXXXXX folder",
+            "point --from-checkpoint at a checkpoints/<name>/step-NNNNNNNN folder",
         )
     ref = CheckpointRef(path, int(m[1]))
     if not ref.complete:
@@ -164,7 +164,7 @@ def save_checkpoint(
     optimizer_state: dict[str, Any],
     trainer_state: dict[str, Any],
 ) -> CheckpointRef:
-    """Write ``step-XXXXXXXX`` atomically; raise CheckpointError (previous ones intact) on failure."""
+    """Write ``step-NNNNNNNN`` atomically; raise CheckpointError (previous ones intact) on failure."""
     import torch
     from safetensors.torch import save_file
 

@@ -103,7 +103,7 @@ def render_status(report: dict[str, Any], console: Console, *, max_rows: int | N
     """
     tok = report["tokenizer"]
     tok_label = tok["backend"] + (f":{tok['path']}" if tok.get("path") else "")
-    if not tok["verified"]:
+    if not tok["verified"] and report["shards"]:  # only worth saying when shards are compared
         tok_label += " (unverified)"
     console.print(
         f"[bold]{escape(str(report['config']))}[/bold]  data: {escape(report['data_dir'])}  "

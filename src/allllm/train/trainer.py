@@ -144,11 +144,18 @@ class _Trainer:
     # -- orchestration ------------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg, opts, info = self.cfg, self.opts, self.info
-        torch.set_num_threads(max(1, torch.get_num_threads()))
-        ident_and_start = _run_rank0(info, self._decide)
-        ident, start = ident_and_start
+        ident, start = _run_rank0(info, self._decide)
         self.fingerprint = start.tokenizer_fingerprint
         self.seen = dict(start.seen)
+        start_step = int(start.state["step"]) if start.state else 0
+        early_plan = None
+        if start.pending is None and not opts.dry_run:
+            # decide before any model is built: "nothing to train" must not load 3B weights
+            early_plan = _run_rank0(info, lambda: self._plan_new(ident, start_step))
+            if early_plan is None:
+                self.result.step = start_step
+                self.result.tokens_seen = int((start.state or {}).get("tokens_seen", 0))
+                return self.result
         if start.abandoned and not opts.dry_run and info.is_main:
             set_aside(start.abandoned, self.reporter)
         model, step, tokens_seen = self._build_model(start)
@@ -211,7 +218,10 @@ class _Trainer:
                     plan, TrainConfig.model_validate(snapshot), ident, resumed=True
                 ):
                     return self._finish()
-            new_plan = _run_rank0(info, lambda: self._plan_new(ident))
+            new_plan = early_plan or _run_rank0(
+                info,
+                lambda: self._plan_new(ident, self.ctx.step),  # type: ignore[union-attr]
+            )
             if new_plan is None:
                 return self._finish()
             torch.manual_seed(new_plan.order_seed % (2**63))  # dropout RNG of the new run
@@ -226,13 +236,14 @@ class _Trainer:
         start = decide_start(self.cfg, self.opts, self.reporter, ident.fingerprint)
         return ident, start
 
-    def _plan_new(self, ident: Any, exclude: set[str] | None = None) -> RunPlan | None:
+    def _plan_new(
+        self, ident: Any, start_step: int, exclude: set[str] | None = None
+    ) -> RunPlan | None:
         """Rank 0: select shards and plan a new run; None (with a message) if nothing is left."""
-        assert self.ctx is not None
         scan = scan_for(self.cfg, ident, self.seen, self.opts)
         if exclude:  # dry run: the pending run's shards will be seen by then
             scan.shards = [e for e in scan.shards if e.shard_id not in exclude]
-        plan, selection = choose_new_run(self.cfg, scan, self.opts, self.ctx.step, self.reporter)
+        plan, selection = choose_new_run(self.cfg, scan, self.opts, start_step, self.reporter)
         if plan is None:
             if exclude:
                 self.reporter.message("nothing new to train after the pending run")
@@ -451,7 +462,12 @@ class _Trainer:
         if pending is not None:
             report["pending"] = pending.to_dict()
         new_plan = _run_rank0(
-            self.info, lambda: self._plan_new(ident, set(pending.shard_ids) if pending else None)
+            self.info,
+            lambda: self._plan_new(
+                ident,
+                self.ctx.step,
+                set(pending.shard_ids) if pending else None,  # type: ignore[union-attr]
+            ),
         )
         if new_plan is not None:
             report["new"] = new_plan.to_dict()

@@ -137,6 +137,7 @@ class StreamEncoder:
         max_document_chars: int = 16 << 20,
         warn: Callable[[str], None] | None = None,
         source_name: Callable[[], str] | None = None,
+        workers: int = 1,
     ) -> None:
         self._encode_batch = encode_batch
         self._encode_batch_arrays = encode_batch_arrays
@@ -152,15 +153,17 @@ class StreamEncoder:
         self._source_name = source_name or (lambda: "input")
         self._forced_cut_warned = False
         self.timings = EncodeTimings()
+        self.workers = max(1, workers)  # batches encoded at once, each by one backend call
 
     # -- public -----------------------------------------------------------------------------------
     def encode(self, feed: Iterable[Pieces]) -> Iterator[EncodedChunk]:
         """Yield encoded chunks in input order while the next batch is being prepared."""
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="allllm-encode") as pool:
+        workers = self.workers
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="allllm-encode") as pool:
             inflight: deque[tuple[Future, _Batch]] = deque()
             for batch in self._batches(feed):
                 inflight.append((pool.submit(self._encode, batch), batch))
-                if len(inflight) >= 2:
+                if len(inflight) >= 2 * workers:
                     yield self._collect(*inflight.popleft())
             while inflight:
                 yield self._collect(*inflight.popleft())

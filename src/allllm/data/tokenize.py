@@ -158,15 +158,21 @@ class _Setup:
     tok_info: TokenizerInfo
     pad_id: int
     formats: list[str]
+    workers: int = 1  # batches the encoder runs at once
 
 
 def _load(cfg: Config, num_threads: int | None, extra_formats: list[str] | None) -> _Setup:
     """Load the tokenizer and refuse it, before anything is written, if its ids do not fit."""
+    from allllm.tokenizer._shared import default_num_threads
     from allllm.tokenizer.base import TokenizerBackend
     from allllm.tokenizer.manager import TokenizerManager
 
     tok = TokenizerManager.from_config(cfg.tokenizer, num_threads=num_threads)
     tok.check_vocab(cfg.model.vocab_size)
+    workers = 1
+    if tok.concurrent_batches:  # several one-thread batches at once: no idle core between them
+        workers = num_threads or default_num_threads()
+        tok.set_num_threads(1)
     bos_id, eos_id = tok.special_ids_for_document()
     # backends that make uint32 arrays themselves (tiktoken, byte) can skip Python int lists
     native = type(tok.backend).encode_batch_arrays is not TokenizerBackend.encode_batch_arrays
@@ -196,6 +202,7 @@ def _load(cfg: Config, num_threads: int | None, extra_formats: list[str] | None)
         ),
         pad_id=next((i for i in (tok.pad_id, tok.eos_id) if i is not None), 0),
         formats=list(dict.fromkeys([*cfg.data.formats, *(extra_formats or [])])),
+        workers=workers,
     )
 
 
@@ -274,6 +281,7 @@ def tokenize(
                     cut_rule=setup.cut_rule,
                     warn=_warn,
                     source_name=lambda current=current: current["name"],
+                    workers=setup.workers,
                     **knobs,
                 )
                 feed = _feed(job, cfg, chunk_bytes, current)

@@ -62,6 +62,11 @@ class TokenizerBackend(ABC):
 
     #: registry name (``tokenizer.backend`` in the config)
     backend: str = ""
+    #: True when several threads may each run a one-thread ``encode_batch`` at once and scale
+    #: (the work releases the GIL). The tokenize pipeline then encodes several batches
+    #: concurrently instead of one batch on all threads, which leaves no core idle at the end
+    #: of each batch.
+    concurrent_batches: bool = False
 
     @property
     @abstractmethod

@@ -121,6 +121,11 @@ class TokenizerManager:
     def set_num_threads(self, n: int) -> None:
         self.backend.set_num_threads(n)
 
+    @property
+    def concurrent_batches(self) -> bool:
+        """Whether batches scale when encoded concurrently, one thread each (see the backend)."""
+        return self.backend.concurrent_batches
+
     def describe(self) -> dict[str, Any]:
         """What meta files and ``status`` record about the tokenizer."""
         return {**self.backend.describe(), "add_bos": self.add_bos, "add_eos": self.add_eos}

@@ -122,6 +122,7 @@ def _load_file(cfg: TokenizerConfig) -> Any:
 
 class TiktokenTokenizer(TokenizerBackend):
     backend = "tiktoken"
+    concurrent_batches = True  # the Rust encoder releases the GIL
 
     def __init__(self, cfg: TokenizerConfig) -> None:
         self._path = cfg.path

@@ -8,7 +8,8 @@ into a temporary workspace. Contenders, interleaved with a rotating order:
   same weights and trains the same rows). Tokens/s come from its metrics.jsonl,
   after --warmup steps; the set-up and the checkpoint at the bound are timed apart.
 - "allllm train, fused AdamW": the same with the trainer's optimizer swapped
-  for ``torch.optim.AdamW(fused=True)`` (an experiment: the trainer fuses on CUDA only).
+  for ``torch.optim.AdamW(fused=True)`` (the trainer itself now fuses on CPU too, so the two
+  rows should agree).
 - "allllm's model in the plain loop": our Transformer in the loop below — the
   trainer's own cost is its difference to "allllm train".
 - "plain HF loop": what a user would write: ``PhiForCausalLM``

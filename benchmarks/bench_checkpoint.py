@@ -16,9 +16,6 @@ moments exist. Then, interleaved, --repeats times:
   ``latest_checkpoint`` (finds and verifies it), ``checkpoint.load_model_state``
   + ``state_io.load_model_state``, ``checkpoint.load_optimizer_state`` +
   ``state_io.load_optimizer_state``;
-- allllm load with the suggested optimizer load: the same, but the name-keyed
-  optimizer state is re-keyed by index and given to ``optimizer.load_state_dict``
-  (:func:`direct_load_optimizer_state`) instead of ``set_optimizer_state_dict``;
 - baseline load: ``torch.load(weights_only=True)`` + ``load_state_dict`` of both.
 
 Every load is checked to restore the weights and both AdamW moments exactly.
@@ -162,45 +159,6 @@ def ours_load(
     return times, model, opt
 
 
-def direct_load_optimizer_state(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any], where: str
-) -> None:
-    """The suggested fast path of ``state_io.load_optimizer_state`` for an unsharded model.
-
-    ``set_optimizer_state_dict`` first builds the whole AdamW state with a dummy
-    step (zero gradients for every parameter, two moment tensors each), then
-    copies the loaded tensors into it. Re-keying the name-keyed state by index and
-    handing it to ``optimizer.load_state_dict`` uses the loaded tensors as they are.
-    """
-    from allllm.train.distributed import unwrap
-
-    names = {id(p): n for n, p in unwrap(model).named_parameters()}
-    saved_groups = state["param_groups"]
-    if len(saved_groups) != len(optimizer.param_groups):
-        raise ValueError(
-            f"{where}: {len(saved_groups)} parameter groups, the optimizer has "
-            f"{len(optimizer.param_groups)}"
-        )
-    by_index: dict[int, Any] = {}
-    groups, index = [], 0
-    for group, saved in zip(optimizer.param_groups, saved_groups):
-        here = [names[id(p)] for p in group["params"]]
-        if here != list(saved["params"]):
-            raise ValueError(
-                f"{where}: the optimizer's parameter groups differ from the saved ones"
-            )
-        for name in here:
-            if name in state["state"]:
-                by_index[index] = state["state"][name]
-            index += 1
-        groups.append({**saved, "params": list(range(index - len(here), index))})
-    optimizer.load_state_dict({"state": by_index, "param_groups": groups})
-
-
-def proposed_load(cfg: ModelConfig, where: Path) -> tuple[dict[str, float], torch.nn.Module, Any]:
-    return ours_load(cfg, where, direct_load_optimizer_state)
-
-
 def baseline_save(
     model: torch.nn.Module, opt: torch.optim.Optimizer, path: Path
 ) -> dict[str, float]:
@@ -239,7 +197,7 @@ def same_state(
 
 
 SAVES = ("allllm", "torch.save")
-LOADS = ("allllm", "allllm, suggested optimizer load", "torch.load")
+LOADS = ("allllm", "torch.load")
 
 
 def bench_size(size: str, repeats: int, warmup: int, tmp: Path) -> dict[str, Any]:
@@ -255,7 +213,6 @@ def bench_size(size: str, repeats: int, warmup: int, tmp: Path) -> dict[str, Any
         }
         load_fns = {
             "allllm": partial(ours_load, cfg, ours_dir),
-            "allllm, suggested optimizer load": partial(proposed_load, cfg, ours_dir),
             "torch.load": partial(baseline_load, cfg, base_file),
         }
         # interleaved, and the order rotates each run: the first to touch fresh memory pays more
@@ -308,11 +265,6 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
             ("save, s (no fsync)", ours_save["total"] - ours_save["fsync"], base_save["total"]),
             ("save, s (durable: fsynced)", ours_save["total"], base_save["with fsync"]),
             ("load, s", m["load allllm"]["total"], m["load torch.load"]["total"]),
-            (
-                "load, s, suggested optimizer load",
-                m["load allllm, suggested optimizer load"]["total"],
-                m["load torch.load"]["total"],
-            ),
         ]
         for label, ours, base, *fmt in rows:
             f = fmt[0] if fmt else "{:.3f}"
@@ -323,7 +275,7 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print()
     for r in results:
         m = r["median"]
-        for key in ("save allllm", "load allllm", "load allllm, suggested optimizer load"):
+        for key in ("save allllm", "load allllm"):
             parts = ", ".join(f"{k} {v:.3f}" for k, v in m[key].items() if k != "total")
             print(f"{r['size']}: {key}, of which s: {parts}")
         files = ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sorted(r["files"].items()))

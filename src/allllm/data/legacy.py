@@ -48,7 +48,7 @@ class LegacyTensor:
         return int(self.flat.size)
 
 
-def _torch_load(path: Path) -> Any:
+def _load_weights_only(path: Path) -> Any:
     import pickle
 
     import torch
@@ -77,7 +77,7 @@ def load_legacy(path: Path, seq_len: int) -> LegacyTensor:
     """Open a legacy ``.bin`` safely and describe its rows; DataError with the reason otherwise."""
     import torch
 
-    obj = _torch_load(path)
+    obj = _load_weights_only(path)
     if not isinstance(obj, torch.Tensor):
         raise DataError(
             f"{path}: legacy file holds a {type(obj).__name__}, not a tensor of token ids",

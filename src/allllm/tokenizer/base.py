@@ -95,17 +95,22 @@ class TokenizerBackend(ABC):
     def vocab_size(self) -> int:
         """The id range: every id this tokenizer can produce is below it (special tokens included)."""
 
-    @property
-    @abstractmethod
-    def bos_id(self) -> int | None: ...
+    # Special ids: a backend sets ``_bos`` / ``_eos`` / ``_pad`` when it loads (None: absent).
+    _bos: int | None = None
+    _eos: int | None = None
+    _pad: int | None = None
 
     @property
-    @abstractmethod
-    def eos_id(self) -> int | None: ...
+    def bos_id(self) -> int | None:
+        return self._bos
 
     @property
-    @abstractmethod
-    def pad_id(self) -> int | None: ...
+    def eos_id(self) -> int | None:
+        return self._eos
+
+    @property
+    def pad_id(self) -> int | None:
+        return self._pad
 
     @property
     @abstractmethod

@@ -213,18 +213,6 @@ class HFTokenizer(TokenizerBackend):
         return self._vocab_size
 
     @property
-    def bos_id(self) -> int | None:
-        return self._bos
-
-    @property
-    def eos_id(self) -> int | None:
-        return self._eos
-
-    @property
-    def pad_id(self) -> int | None:
-        return self._pad
-
-    @property
     def fingerprint(self) -> str:
         """Canonical JSON of the id-deciding parts of tokenizer.json (model, added tokens, ...)."""
         if self._fingerprint is None:

@@ -81,18 +81,6 @@ class SentencePieceTokenizer(TokenizerBackend):
         return int(self._sp.get_piece_size())
 
     @property
-    def bos_id(self) -> int | None:
-        return self._bos
-
-    @property
-    def eos_id(self) -> int | None:
-        return self._eos
-
-    @property
-    def pad_id(self) -> int | None:
-        return self._pad
-
-    @property
     def fingerprint(self) -> str:
         """The serialized model: pieces, scores, normalizer rules and special ids."""
         return fingerprint_of(self.backend, [self._proto])

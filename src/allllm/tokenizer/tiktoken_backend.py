@@ -220,18 +220,6 @@ class TiktokenTokenizer(TokenizerBackend):
         return int(self._enc.n_vocab)
 
     @property
-    def bos_id(self) -> int | None:
-        return self._bos
-
-    @property
-    def eos_id(self) -> int | None:
-        return self._eos
-
-    @property
-    def pad_id(self) -> int | None:
-        return self._pad
-
-    @property
     def fingerprint(self) -> str:
         """Pattern, every (token, rank) pair in rank order, and the special tokens."""
         if self._fingerprint is None:

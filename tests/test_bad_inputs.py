@@ -12,19 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from allllm.cli import main
+from cli_helpers import run_cli
 from train_helpers import make_workspace
 
 MARKER = "pwned-marker"
 
 
 def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
+    code, out, err = run_cli(args, capsys)
     assert "Traceback" not in out + err
     return code, out, err
 

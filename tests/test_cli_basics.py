@@ -11,17 +11,11 @@ from pathlib import Path
 import pytest
 
 from allllm import __version__
-from allllm.cli import main
+from cli_helpers import run_cli
 
 
 def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(args, capsys)
 
 
 @pytest.fixture()

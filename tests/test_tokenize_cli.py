@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from allllm.cli import main
 from allllm.config import load_config
 from allllm.data import journal
 from allllm.data.tokenize import tokenize
 from allllm.tokenizer.manager import TokenizerManager
+from cli_helpers import run_cli
 from tokenize_helpers import (
     NoProgress,
     check_all,
@@ -30,13 +30,7 @@ from tokenize_helpers import (
 
 
 def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_cli(args, capsys)
 
 
 @pytest.fixture()

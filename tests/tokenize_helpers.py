@@ -235,3 +235,20 @@ class NoProgress:
     def advance(self, nbytes: int, ntokens: int) -> None: ...
     def end_shard(self) -> None: ...
     def end(self) -> None: ...
+
+
+def spy_on_encoder(monkeypatch: Any) -> list[str]:
+    """Make ``tokenize`` record every text it hands the backend, in stream order."""
+    from allllm.data import tokenize as tokenize_module
+    from allllm.data.encode_stream import StreamEncoder
+
+    texts: list[str] = []
+
+    class Spy(StreamEncoder):
+        def _batches(self, feed: Any) -> Any:
+            for batch in super()._batches(feed):
+                texts.extend(batch.texts)
+                yield batch
+
+    monkeypatch.setattr(tokenize_module, "StreamEncoder", Spy)
+    return texts

@@ -11,8 +11,9 @@ previous one written, so reading, cutting and writing overlap the encoding.
 Pieces that are whole short documents (every line in ``line`` mode) take a
 fast path that handles a whole list of them at once; ids come back as arrays
 (long texts) or lists (short ones) and are flattened in bulk
-(``array.fromlist``: ~4 ns an id), and BOS/EOS are inserted with one
-vectorized scatter per batch.
+(``array.fromlist``: ~4 ns an id) — or, where the backend can prove it equal
+(tiktoken: texts joined by a special token), a batch of short texts is encoded
+in one call — and BOS/EOS are inserted with one vectorized scatter per batch.
 
 Memory stays bounded: a batch holds at most ``batch_chars`` of text (plus one
 piece), and a document with no safe cut point is held whole only up to
@@ -117,7 +118,10 @@ class StreamEncoder:
     tokenizer's parallel batch call; ``encode_batch_arrays``, when the backend has
     one, makes uint32 arrays without Python ints and is used for batches of long
     texts (an array costs more than a short list: for one-line documents lists are
-    ~25% cheaper, for 16K-character segments arrays are). ``cut_rule`` is the
+    ~25% cheaper, for 16K-character segments arrays are). ``encode_joined``, when
+    the backend has it, encodes a whole batch of short texts in one call (flat ids
+    and a count per text): for one-line documents that is ~2x faster than a call
+    per line. ``cut_rule`` is the
     tokenizer's rule, or None when documents may never be cut.
     """
 
@@ -129,6 +133,7 @@ class StreamEncoder:
         encode_batch: Callable[[list[str]], Sequence[Any]],
         *,
         encode_batch_arrays: Callable[[list[str]], Sequence[Any]] | None = None,
+        encode_joined: Callable[[list[str]], tuple[np.ndarray, np.ndarray] | None] | None = None,
         bos_id: int | None,
         eos_id: int | None,
         cut_rule: CutRule | None,
@@ -141,6 +146,7 @@ class StreamEncoder:
     ) -> None:
         self._encode_batch = encode_batch
         self._encode_batch_arrays = encode_batch_arrays
+        self._encode_joined = encode_joined
         self._bos = bos_id
         self._eos = eos_id
         self._cut_rule = cut_rule
@@ -290,33 +296,51 @@ class StreamEncoder:
 
     # -- encoding (worker thread) -----------------------------------------------------------------
     def _encode(self, batch: _Batch) -> np.ndarray:
-        encode = self._encode_batch
-        if self._encode_batch_arrays is not None and (
-            batch.chars >= self.ARRAY_MIN_CHARS * len(batch.texts)
-        ):
-            encode = self._encode_batch_arrays
         t0 = time.perf_counter()
-        results = encode(batch.texts)
-        self.timings.encode += time.perf_counter() - t0
-        t1 = time.thread_time()
-        ids = self._assemble(batch, results)
+        long_texts = batch.chars >= self.ARRAY_MIN_CHARS * len(batch.texts)
+        joined = None
+        if self._encode_joined is not None and not (
+            long_texts and self._encode_batch_arrays is not None
+        ):  # short texts: one call for the batch saves a call (and a list) per text
+            joined = self._encode_joined(batch.texts)
+        if joined is not None:
+            self.timings.encode += time.perf_counter() - t0
+            t1 = time.thread_time()
+            flat, lens = joined
+        else:
+            encode = self._encode_batch
+            if self._encode_batch_arrays is not None and long_texts:
+                encode = self._encode_batch_arrays
+            results = encode(batch.texts)
+            self.timings.encode += time.perf_counter() - t0
+            t1 = time.thread_time()
+            flat, lens = self._flatten(batch, results)
+        ids = self._add_specials(batch, flat.astype(np.uint32, copy=False), lens)
         self.timings.convert += time.thread_time() - t1
         return ids
 
-    def _assemble(self, batch: _Batch, results: Sequence[Any]) -> np.ndarray:
-        """One uint32 array: each text's ids, with BOS before and EOS after where asked."""
+    @staticmethod
+    def _flatten(batch: _Batch, results: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Each text's ids (arrays or lists) as one uint32 array, and the count per text."""
         if len(results) != len(batch.texts):
             raise RuntimeError(
                 f"the tokenizer returned {len(results)} results for {len(batch.texts)} texts"
             )
         lens = np.fromiter(map(len, results), dtype=np.int64, count=len(results))
         if results and isinstance(results[0], np.ndarray):
-            flat = np.concatenate(results).astype(np.uint32, copy=False)
-        else:
-            buf = array.array(_U32)
-            for ids in results:
-                buf.fromlist(ids)
-            flat = np.frombuffer(buf, dtype=np.uint32)
+            return np.concatenate(results), lens
+        buf = array.array(_U32)
+        for ids in results:
+            buf.fromlist(ids)
+        return np.frombuffer(buf, dtype=np.uint32), lens
+
+    def _add_specials(self, batch: _Batch, flat: np.ndarray, lens: np.ndarray) -> np.ndarray:
+        """``flat`` with BOS before and EOS after each text where the batch asks for them."""
+        if lens.size != len(batch.texts) or int(lens.sum()) != flat.size:
+            raise RuntimeError(
+                f"the tokenizer returned {lens.size} texts / {flat.size} ids for "
+                f"{len(batch.texts)} texts / {int(lens.sum())} ids"
+            )
         bos = np.fromiter(batch.bos, dtype=bool, count=len(batch.bos))
         eos = np.fromiter(batch.eos, dtype=bool, count=len(batch.eos))
         if not (bos.any() or eos.any()):

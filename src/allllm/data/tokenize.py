@@ -151,6 +151,7 @@ class _Setup:
     cfg: Config
     encode_batch: Callable[[list[str]], Any]
     encode_batch_arrays: Callable[[list[str]], Any] | None
+    encode_joined: Callable[[list[str]], Any] | None
     bos_id: int | None
     eos_id: int | None
     cut_rule: Any
@@ -176,10 +177,13 @@ def _load(cfg: Config, num_threads: int | None, extra_formats: list[str] | None)
     bos_id, eos_id = tok.special_ids_for_document()
     # backends that make uint32 arrays themselves (tiktoken, byte) can skip Python int lists
     native = type(tok.backend).encode_batch_arrays is not TokenizerBackend.encode_batch_arrays
+    joins = type(tok.backend).encode_joined is not TokenizerBackend.encode_joined
     return _Setup(
         cfg=cfg,
         encode_batch=tok.encode_batch,
         encode_batch_arrays=tok.encode_batch_arrays if native else None,
+        # one call per batch, on one thread: only where batches run concurrently anyway
+        encode_joined=tok.encode_joined if joins and tok.concurrent_batches else None,
         bos_id=bos_id,
         eos_id=eos_id,
         cut_rule=tok.cut_rule,
@@ -276,6 +280,7 @@ def tokenize(
                 encoder = StreamEncoder(
                     setup.encode_batch,
                     encode_batch_arrays=setup.encode_batch_arrays,
+                    encode_joined=setup.encode_joined,
                     bos_id=setup.bos_id,
                     eos_id=setup.eos_id,
                     cut_rule=setup.cut_rule,

@@ -74,6 +74,10 @@ class TokenizerManager:
         """``encode_batch`` as uint32 arrays (the tokenize pipeline's fast path)."""
         return self.backend.encode_batch_arrays(texts)
 
+    def encode_joined(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        """One call for many texts (flat ids, count per text), or None where the backend can't."""
+        return self.backend.encode_joined(texts)
+
     def encode(self, text: str) -> list[int]:
         return self.backend.encode(text)
 

@@ -120,6 +120,15 @@ def _load_file(cfg: TokenizerConfig) -> Any:
         ) from None
 
 
+def _pick_joiner(specials: dict[str, int]) -> tuple[str, int] | None:
+    """A special token to join texts with: one with no border (no proper prefix equal to a
+    suffix), so an occurrence of it can never overlap another; None if there is none."""
+    for text, token_id in sorted(specials.items(), key=lambda item: item[1]):
+        if text and not any(text[:k] == text[-k:] for k in range(1, len(text))):
+            return text, token_id
+    return None
+
+
 class TiktokenTokenizer(TokenizerBackend):
     backend = "tiktoken"
     concurrent_batches = True  # the Rust encoder releases the GIL
@@ -135,6 +144,8 @@ class TiktokenTokenizer(TokenizerBackend):
         self._threads = default_num_threads()
         self._fingerprint: str | None = None
         self._numpy_ok: bool | None = None
+        self._joiner = _pick_joiner(self._specials)
+        self._joined_ok: bool | None = None
         where = f"tiktoken {cfg.path}"
         self._bos = self._pick("bos", cfg.bos_token, WELL_KNOWN_BOS, where)
         self._eos = self._pick("eos", cfg.eos_token, WELL_KNOWN_EOS, where)
@@ -186,6 +197,47 @@ class TiktokenTokenizer(TokenizerBackend):
             except (AttributeError, TypeError, ValueError):
                 self._numpy_ok = False
         return self._numpy_ok
+
+    def encode_joined(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        """One ``encode_to_numpy`` call over the texts joined by a special token, then split.
+
+        tiktoken encodes the text between two allowed special tokens exactly as
+        ``encode_ordinary`` encodes that text alone (the regex never looks past a
+        special token), so ``sep.join(texts)`` with only ``sep`` allowed gives
+        each text's ordinary ids with ``sep``'s id between them. That holds when
+        every occurrence of ``sep`` in the joined string is one of ours: checked by
+        counting occurrences (``sep`` has no border, so ours cannot overlap another)
+        and the separator ids that come back; any doubt returns None (fallback).
+        """
+        if self._joiner is None or len(texts) < 2 or not self._joined_is_ordinary():
+            return None
+        return self._encode_joined(texts)
+
+    def _encode_joined(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | None:
+        assert self._joiner is not None
+        sep, sep_id = self._joiner
+        joined = sep.join(texts)
+        if joined.count(sep) != len(texts) - 1:  # some text holds the separator's text
+            return None
+        ids = self._enc.encode_to_numpy(joined, allowed_special={sep}, disallowed_special=())
+        at = np.flatnonzero(ids == sep_id)
+        if at.size != len(texts) - 1:
+            return None
+        counts = np.diff(at, prepend=-1, append=ids.size) - 1
+        return np.delete(ids, at), counts
+
+    def _joined_is_ordinary(self) -> bool:
+        """Check once, on this tiktoken version, that joined encoding equals one call per text."""
+        if self._joined_ok is None:
+            probe = ["a b\n\n", "", "  c  \n", "ü 😀 x", "\n", "<|fim_prefix|> y", "'s z"]
+            try:
+                got = self._encode_joined(probe)
+                self._joined_ok = got is not None and [
+                    part.tolist() for part in np.split(got[0], np.cumsum(got[1])[:-1])
+                ] == [self._enc.encode_ordinary(t) for t in probe]
+            except (AttributeError, TypeError, ValueError):
+                self._joined_ok = False
+        return self._joined_ok
 
     def _parallel(self, encode: Callable[[str], Any], texts: Sequence[str]) -> list[Any]:
         """Encode ``texts`` on the configured threads, in order.

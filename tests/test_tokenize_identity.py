@@ -8,14 +8,17 @@ field against DESIGN.md §4 (``tokenize_helpers.check_shard``).
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from allllm.config import TokenizerConfig
+from allllm.data.encode_stream import StreamEncoder
 from allllm.data.tokenize import tokenize
 from allllm.tokenizer.manager import TokenizerManager
 from tokenize_helpers import (
@@ -124,3 +127,36 @@ def test_many_short_documents_take_the_fast_path(workspace: Path) -> None:
     (shard,) = check_all(cfg.data_dir, cfg, tok)
     assert np.array_equal(shard.ids, whole_document_ids(lines, tok, cfg))
     assert shard.meta.n_documents == 3000
+
+
+def test_cyclic_gc_is_paused_while_encoding_and_restored(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_raw("lines.txt", "".join(f"line {i}\n" for i in range(2000)))
+    cfg = make_config(TokenizerConfig(backend="byte"), document_boundary="line")
+    during: list[bool] = []
+    encode_batch = StreamEncoder._encode
+
+    def spy(self: StreamEncoder, batch: Any) -> Any:
+        during.append(gc.isenabled())
+        return encode_batch(self, batch)
+
+    monkeypatch.setattr(StreamEncoder, "_encode", spy)
+    monkeypatch.setattr(StreamEncoder, "GC_EVERY_BATCHES", 2)
+    paused_collections: list[bool] = []  # collections while automatic ones are off
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop" and not gc.isenabled():
+            paused_collections.append(True)
+
+    gc.callbacks.append(on_gc)
+    try:
+        tokenize(cfg, batch_chars=1000)
+        assert during and not any(during) and gc.isenabled()
+        assert paused_collections  # it still collects, every GC_EVERY_BATCHES batches
+        gc.disable()  # a caller that turned it off keeps it off
+        tokenize(cfg, batch_chars=1000, force=True)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+        gc.callbacks.pop()

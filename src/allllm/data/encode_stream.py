@@ -25,6 +25,7 @@ backend that can never be cut (SentencePiece), refused with a clear error.
 from __future__ import annotations
 
 import array
+import gc
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -127,6 +128,8 @@ class StreamEncoder:
 
     #: texts at least this long on average are encoded to arrays (when the backend can)
     ARRAY_MIN_CHARS = 400
+    #: a full garbage collection after this many batches (~128 MB of text by default)
+    GC_EVERY_BATCHES = 64
 
     def __init__(
         self,
@@ -163,16 +166,31 @@ class StreamEncoder:
 
     # -- public -----------------------------------------------------------------------------------
     def encode(self, feed: Iterable[Pieces]) -> Iterator[EncodedChunk]:
-        """Yield encoded chunks in input order while the next batch is being prepared."""
+        """Yield encoded chunks in input order while the next batch is being prepared.
+
+        Python's cyclic garbage collector is paused meanwhile (and run every
+        ``GC_EVERY_BATCHES`` batches instead): every short document makes a
+        string and a list of ids, and the collections those allocations trigger
+        cost 5–20% of ``line``-mode tokenizing while finding nothing — the
+        pipeline's objects hold no reference cycles and are freed by refcount.
+        """
         workers = self.workers
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="allllm-encode") as pool:
-            inflight: deque[tuple[Future, _Batch]] = deque()
-            for batch in self._batches(feed):
-                inflight.append((pool.submit(self._encode, batch), batch))
-                if len(inflight) >= 2 * workers:
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="allllm-encode") as pool:
+                inflight: deque[tuple[Future, _Batch]] = deque()
+                for n, batch in enumerate(self._batches(feed), start=1):
+                    inflight.append((pool.submit(self._encode, batch), batch))
+                    if gc_was_enabled and n % self.GC_EVERY_BATCHES == 0:
+                        gc.collect()  # cycles from elsewhere (a library, a traceback) stay bounded
+                    if len(inflight) >= 2 * workers:
+                        yield self._collect(*inflight.popleft())
+                while inflight:
                     yield self._collect(*inflight.popleft())
-            while inflight:
-                yield self._collect(*inflight.popleft())
+        finally:
+            if gc_was_enabled:
+                gc.enable()
 
     # -- batching (main thread) -------------------------------------------------------------------
     def _batches(self, feed: Iterable[Pieces]) -> Iterator[_Batch]:

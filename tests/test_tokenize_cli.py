@@ -147,7 +147,10 @@ def test_config_input_and_bin_options(workspace: Path, capsys: pytest.CaptureFix
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["-i", "nowhere.txt"], "error: data.raw_path 'nowhere.txt': no such file or folder"),
+        (
+            ["-i", "nowhere.txt"],
+            "error: --input 'nowhere.txt': no such file or folder — create it or fix --input",
+        ),
         (["-i", "data/raw/bad.txt"], "error: data/raw/bad.txt: invalid UTF-8 at byte offset 3"),
     ],
 )

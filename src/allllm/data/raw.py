@@ -125,8 +125,9 @@ def source_kind(name: str) -> tuple[Literal["txt", "jsonl"], bool] | None:
 class _Resolver:
     """Collects sources in order, once each, and what was skipped (for one summary warning)."""
 
-    def __init__(self, warn: Callable[[str], None]) -> None:
+    def __init__(self, warn: Callable[[str], None], label: str = "data.raw_path") -> None:
         self.warn = warn
+        self.label = label  # how errors name the paths: the config key or a CLI option
         self.sources: list[RawSource] = []
         self.seen: set[str] = set()  # resolved file paths listed
         self.walked: set[tuple[int, int]] = set()  # (device, inode) of folders walked
@@ -139,7 +140,7 @@ class _Resolver:
         path = Path(text)
         if path.is_symlink() and not path.exists():
             raise DataError(
-                f"data.raw_path {raw!r}: a broken symlink (or a symlink loop)",
+                f"{self.label} {raw!r}: a broken symlink (or a symlink loop)",
                 "point it at a file or folder that exists",
             )
         if path.exists():
@@ -150,13 +151,13 @@ class _Resolver:
             found = [Path(m) for m in sorted(glob.glob(text, recursive=True))]
             if not found:
                 raise DataError(
-                    f"data.raw_path {raw!r}: the pattern matches nothing",
+                    f"{self.label} {raw!r}: the pattern matches nothing",
                     f"check the pattern (relative paths start at {Path.cwd()})",
                 )
         else:
             raise DataError(
-                f"data.raw_path {raw!r}: no such file or folder",
-                f"create it or fix data.raw_path (relative paths start at {Path.cwd()})",
+                f"{self.label} {raw!r}: no such file or folder",
+                f"create it or fix {self.label} (relative paths start at {Path.cwd()})",
             )
         explicit = len(found) == 1 and found[0] == path
         for p in found:
@@ -226,7 +227,7 @@ class _Resolver:
             if explicit:
                 what = "an allllm shard" if kind else "not a raw text file"
                 raise DataError(
-                    f"data.raw_path {str(path)!r}: {what}", f"raw input is {_KNOWN} files"
+                    f"{self.label} {str(path)!r}: {what}", f"raw input is {_KNOWN} files"
                 )
             if kind is None:
                 self.other["".join(path.suffixes[-2:]).lower() or "(no suffix)"] += 1
@@ -271,7 +272,10 @@ def _stat(path: Path, warn: Callable[[str], None]) -> os.stat_result | None:
 
 
 def resolve_sources(
-    raw_paths: list[str], *, warn: Callable[[str], None] | None = None
+    raw_paths: list[str],
+    *,
+    warn: Callable[[str], None] | None = None,
+    label: str = "data.raw_path",
 ) -> list[RawSource]:
     """The raw input files named by ``raw_paths`` (files, folders, globs), each listed once.
 
@@ -281,12 +285,12 @@ def resolve_sources(
     allllm shard files are reported through ``warn`` and skipped; hidden entries
     (``.*``) inside folders are skipped silently. A path that does not exist, a glob
     that matches nothing, a named file of another type, or no input at all is a
-    DataError.
+    DataError; errors name the paths by ``label`` (the config key, or ``--input``).
     """
     if isinstance(raw_paths, (str, os.PathLike)):
         raw_paths = [str(raw_paths)]
     report = warn or log.warning
-    resolver = _Resolver(report)
+    resolver = _Resolver(report, label)
     for raw in raw_paths:
         resolver.entry(str(raw))
     skipped = resolver.summary()
@@ -297,8 +301,8 @@ def resolve_sources(
         if resolver.empty:
             extra += f" ({resolver.empty} empty file(s))"
         raise DataError(
-            f"no raw text in data.raw_path {', '.join(map(str, raw_paths))}{extra}",
-            f"add {_KNOWN} files there, or point data.raw_path at them",
+            f"no raw text in {label} {', '.join(map(str, raw_paths))}{extra}",
+            f"add {_KNOWN} files there, or point {label} at them",
         )
     return resolver.sources
 

@@ -246,7 +246,9 @@ def tokenize(
 
     setup = _load(cfg, num_threads, extra_formats)
     summary.timings["load"] = time.perf_counter() - started
-    sources = resolve_sources(inputs or cfg.data.raw_paths, warn=_warn)
+    sources = resolve_sources(
+        inputs or cfg.data.raw_paths, warn=_warn, label="--input" if inputs else "data.raw_path"
+    )
     summary.sources = len(sources)
     data_dir = cfg.data_dir
     _ensure_writable_dir(data_dir)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from allllm.cli import main
 from allllm.demo import MARKER, DemoSettings, QuietDemoUI, prepare_workspace, run_demo
 from allllm.demo_corpus import build_corpus, iter_entries
 from allllm.errors import ConfigError, DataError
+from cli_helpers import cli_exit_code
 
 SIDE_EFFECT = '''"""A module whose import would be noticed at once by this test."""
 raise SystemExit("imported!")
@@ -91,19 +91,11 @@ def test_workspace_is_refused_when_it_holds_other_files(tmp_path: Path) -> None:
     assert not any((demo / "configs").iterdir())  # ... and keeps what the demo did not write
 
 
-def _cli(args: list[str]) -> int:
-    try:
-        main(args)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
 def test_cli_demo_refuses_a_folder_of_user_files(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "notes.md").write_text("mine")
-    assert _cli(["demo", str(tmp_path)]) == 1
+    assert cli_exit_code(["demo", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "not an allllm demo workspace" in err
     assert err.count("\n") == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["notes.md"]

@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from allllm.cli import main
 from allllm.config import TokenizerConfig, load_config
 from allllm.data.dataset import ShardDataset
 from allllm.data.registry import ScanSpec, TokenizerIdentity, scan_shards
@@ -22,6 +21,7 @@ from allllm.evaluation import evaluate_model
 from allllm.export import export_model
 from allllm.export_tokenizer import export_tokenizer
 from allllm.tokenizer.manager import TokenizerManager
+from cli_helpers import cli_exit_code
 from use_helpers import inside, load_micro, trained_workspace
 
 transformers = pytest.importorskip("transformers", reason="export is checked with transformers")
@@ -219,27 +219,22 @@ def test_tiktoken_export_says_there_is_no_hf_form(
     assert not any(tmp_path.iterdir())
 
 
-def _cli(args: list[str]) -> int:
-    try:
-        main(args)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
 def test_cli_eval_and_export(
     ws: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(ws)
-    assert _cli(["eval", "--model", "micro", "--json"]) == 0
+    assert cli_exit_code(["eval", "--model", "micro", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert {"loss", "perplexity", "tokens"} <= set(data)
     assert data["perplexity"] == pytest.approx(math.exp(data["loss"]))
-    assert _cli(["eval", "--model", "micro"]) == 0
+    assert cli_exit_code(["eval", "--model", "micro"]) == 0
     assert "perplexity" in capsys.readouterr().out
-    assert _cli(["export", "--model", "micro", "--out", str(tmp_path / "x")]) == 0
+    assert cli_exit_code(["export", "--model", "micro", "--out", str(tmp_path / "x")]) == 0
     assert "PhiForCausalLM" in capsys.readouterr().out
-    assert _cli(["export", "--model", "micro", "--out", str(tmp_path / "x")]) == 1
+    assert cli_exit_code(["export", "--model", "micro", "--out", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "not empty" in err and err.count("\n") == 1
-    assert _cli(["export", "--model", "micro", "-o", str(tmp_path / "y"), "--dtype", "int8"]) == 2
+    assert (
+        cli_exit_code(["export", "--model", "micro", "-o", str(tmp_path / "y"), "--dtype", "int8"])
+        == 2
+    )

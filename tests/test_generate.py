@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from allllm.cli import main
 from allllm.config import TokenizerConfig, load_config
 from allllm.errors import CheckpointError
 from allllm.generate_text import (
@@ -21,6 +20,7 @@ from allllm.generate_text import (
 )
 from allllm.inference import find_trained_checkpoint, load_trained
 from allllm.tokenizer.manager import TokenizerManager
+from cli_helpers import cli_exit_code, heavy_imports_of
 from use_helpers import inside, load_micro, trained_workspace
 
 
@@ -152,29 +152,23 @@ def test_missing_checkpoint_and_bad_step_are_one_line_errors(ws: Path, tmp_path:
         load_trained(load_config(model="micro"))
 
 
-def _cli(args: list[str]) -> int:
-    try:
-        main(args)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
-
-
 def test_cli_streams_text_and_prints_json(
     ws: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(ws)
     args = ["generate", "--model", "micro", "--prompt", "The", "-n", "20", "--seed", "4"]
-    assert _cli(args) == 0
+    assert cli_exit_code(args) == 0
     out, err = capsys.readouterr()
     assert out.startswith("The") and "seed 4" in err and "20 tokens" in err
-    assert _cli([*args, "--json"]) == 0
+    assert cli_exit_code([*args, "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert "The" + data["text"] == out.rstrip("\n")  # the stream printed exactly this text
     assert data["new_tokens"] == 20 and data["seed"] == 4 and data["step"] > 0
     (ws / "prompt.txt").write_text("The", encoding="utf-8")
     assert (
-        _cli(["generate", "-m", "micro", "--prompt-file", "prompt.txt", "-n", "20", "--seed", "4"])
+        cli_exit_code(
+            ["generate", "-m", "micro", "--prompt-file", "prompt.txt", "-n", "20", "--seed", "4"]
+        )
         == 0
     )
     assert capsys.readouterr().out == out
@@ -184,8 +178,14 @@ def test_cli_errors(
     ws: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.chdir(ws)
-    assert _cli(["generate", "--model", "micro", "--prompt", "x", "--step", "999"]) == 1
+    assert cli_exit_code(["generate", "--model", "micro", "--prompt", "x", "--step", "999"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: no checkpoint at step 999") and err.count("\n") == 1
-    assert _cli(["generate", "--model", "micro", "--temperature", "-1"]) == 2
-    assert _cli(["generate", "--model", "micro", "-p", "a", "--prompt-file", "x.txt"]) == 2
+    assert cli_exit_code(["generate", "--model", "micro", "--temperature", "-1"]) == 2
+    assert cli_exit_code(["generate", "--model", "micro", "-p", "a", "--prompt-file", "x.txt"]) == 2
+
+
+def test_status_with_checkpoints_does_not_import_torch(ws: Path) -> None:
+    """`status` checks the latest checkpoint's safetensors header without loading torch."""
+    with inside(ws):
+        assert heavy_imports_of(["status", "--model", "micro"]) == []

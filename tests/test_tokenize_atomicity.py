@@ -23,11 +23,10 @@ from allllm.config import Config, TokenizerConfig
 from allllm.data import journal, shard_writer
 from allllm.data.registry import scan_shards
 from allllm.data.shard_writer import ShardWriter
-from allllm.data.tokenize import tokenize
+from allllm.data.tokenize import NoProgress, tokenize
 from allllm.errors import DataError
 from allllm.tokenizer.manager import TokenizerManager
 from tokenize_helpers import (
-    NoProgress,
     check_all,
     make_config,
     real_text,

@@ -11,12 +11,11 @@ import pytest
 
 from allllm.config import load_config
 from allllm.data import journal
-from allllm.data.tokenize import tokenize
+from allllm.data.tokenize import NoProgress, tokenize
 from allllm.tokenizer.manager import TokenizerManager
 from cli_helpers import heavy_imports_of
 from cli_helpers import run_cli as run
 from tokenize_helpers import (
-    NoProgress,
     check_all,
     check_shard,
     documents,

@@ -55,7 +55,10 @@ class TokenizeProgress(Protocol):
     def end(self) -> None: ...
 
 
-class _NoProgress:
+class NoProgress:
+    """A TokenizeProgress that shows nothing (``--quiet``, library calls); subclass it to
+    hook into the pipeline's progress."""
+
     def begin(self, total_bytes: int, n_shards: int) -> None:
         pass
 
@@ -236,7 +239,7 @@ def tokenize(
     from allllm.data.raw import resolve_sources, source_identity, source_sha256
 
     started = time.perf_counter()
-    progress = progress or _NoProgress()
+    progress = progress or NoProgress()
     summary = TokenizeSummary()
 
     def _warn(message: str) -> None:

@@ -20,21 +20,26 @@ the document after them; those after the last document belong to the last.
 
 from __future__ import annotations
 
-import gzip
 import json
 import re
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import accumulate, compress
 from operator import add
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
+from allllm.data.raw_bytes import (
+    DECODE_HINT,
+    SourceReader,
+    blocks,
+    char_blocks,
+    make_decoder,
+    split_cut,
+    tail_cut,
+)
 from allllm.errors import DataError
 
 BOM = b"\xef\xbb\xbf"
-DECODE_HINT = 'set data.on_decode_error to "replace" or fix the file'
 TENTATIVE_CHUNKS = 4  # a whitespace run of open fate is kept in memory up to this many chunks
 
 # Every character that str.isspace() accepts except "\n", as UTF-8 bytes (a test checks the list
@@ -70,159 +75,6 @@ class PieceBatch:
     @property
     def end(self) -> int:
         return self.ends[-1]
-
-
-class _Reader:
-    """The byte stream of a source (decompressed for ``.gz``) from ``start`` up to ``end``."""
-
-    def __init__(self, path: Path, display: str, compressed: bool, start: int, end: int | None):
-        self.display = display
-        self.compressed = compressed
-        self.pos = start
-        self.end = end
-        try:
-            self._raw: BinaryIO = open(path, "rb")  # noqa: SIM115 - closed by close()
-        except OSError as exc:
-            raise DataError(
-                f"{display}: cannot read: {exc.strerror}", "check that it exists and is readable"
-            ) from None
-        self._f: BinaryIO = gzip.GzipFile(fileobj=self._raw, mode="rb") if compressed else self._raw
-        try:
-            if start and not compressed:
-                self._raw.seek(start)
-            elif start:  # only re-reads inside this module skip into a .gz
-                skipped = 0
-                while skipped < start:
-                    got = len(self._read(min(1 << 20, start - skipped)))
-                    if not got:
-                        break
-                    skipped += got
-        except BaseException:
-            self.close()
-            raise
-
-    def _read(self, n: int) -> bytes:
-        try:
-            return self._f.read(n)
-        except (OSError, EOFError, zlib.error) as exc:
-            if self.compressed:
-                raise DataError(
-                    f"{self.display}: broken gzip data after {self.pos} decompressed bytes ({exc})",
-                    "re-create the .gz file (`gzip -t FILE` tests one)",
-                ) from None
-            reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-            raise DataError(f"{self.display}: cannot read at byte {self.pos}: {reason}") from None
-
-    def read(self, n: int) -> bytes:
-        """Up to ``n`` bytes; ``b""`` at the end of the range."""
-        if self.end is not None:
-            n = min(n, self.end - self.pos)
-            if n <= 0:
-                return b""
-        data = self._read(n)
-        if not data and self.end is not None:
-            raise DataError(
-                f"{self.display}: ends at byte {self.pos}, before byte {self.end} — it was "
-                "truncated or replaced while being read",
-                "run again",
-            )
-        self.pos += len(data)
-        return data
-
-    def read_head(self, n: int) -> bytes:
-        head = b""
-        while len(head) < n:
-            more = self.read(n - len(head))
-            if not more:
-                break
-            head += more
-        return head
-
-    @property
-    def disk_pos(self) -> int:
-        return self._raw.tell()
-
-    def close(self) -> None:
-        if self._f is not self._raw:
-            self._f.close()
-        self._raw.close()
-
-
-def make_decoder(
-    display: str, on_decode_error: str, compressed: bool
-) -> Callable[[bytes, int], str]:
-    """``decode(data, at)``: UTF-8 text of ``data``, which starts at byte ``at`` of the stream."""
-    if on_decode_error == "replace":
-        return lambda data, at: data.decode("utf-8", "replace")
-    where = " of the decompressed text" if compressed else ""
-
-    def decode(data: bytes, at: int) -> str:
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise DataError(
-                f"{display}: invalid UTF-8 at byte offset {at + exc.start}{where} "
-                f"(0x{data[exc.start]:02x})",
-                DECODE_HINT,
-            ) from None
-
-    return decode
-
-
-def tail_cut(data: bytes) -> int:
-    """Length of the longest prefix of ``data`` that does not end inside a character.
-
-    A trailing lead byte whose continuation bytes have not arrived yet is held back.
-    """
-    n = len(data)
-    for i in range(n - 1, max(n - 4, -1), -1):
-        b = data[i]
-        if b < 0x80:
-            return n
-        if b >= 0xC0:
-            need = 2 if b < 0xE0 else 3 if b < 0xF0 else 4
-            return i if n - i < need else n
-    return n  # only continuation bytes: not a character anyway
-
-
-def split_cut(data: bytes, lo: int, cut: int) -> int:
-    """A cut near ``cut`` (``lo < cut < len(data)``) that splits no character.
-
-    Moves back to the start of the character (at most 3 bytes), or forward past it
-    when going back would leave nothing after ``lo``. Cutting before any byte that is
-    not a continuation byte decodes exactly like the whole, also for invalid bytes.
-    """
-    for c in range(cut, max(cut - 4, lo), -1):
-        if data[c] & 0xC0 != 0x80:
-            return c
-    for c in range(cut + 1, min(cut + 4, len(data)) + 1):
-        if c == len(data) or data[c] & 0xC0 != 0x80:
-            return c
-    return cut
-
-
-def _blocks(reader: _Reader, size: int, head: bytes = b"") -> Iterator[bytes]:
-    """``head`` (if any), then blocks of up to ``size`` bytes to the end of the range."""
-    if head:
-        yield head
-    while block := reader.read(size):
-        yield block
-
-
-def _char_blocks(
-    reader: _Reader, size: int, at: int, head: bytes = b""
-) -> Iterator[tuple[int, bytes]]:
-    """``(offset, bytes)`` blocks of about ``size`` bytes that never end inside a character."""
-    carry = b""
-    for block in _blocks(reader, size, head):
-        data = carry + block if carry else block
-        cut = tail_cut(data)
-        if cut:
-            yield at, (data if cut == len(data) else data[:cut])
-            at += cut
-        carry = data[cut:]
-    if carry:
-        yield at, carry
 
 
 class _Builder:
@@ -359,15 +211,15 @@ class SourceSplitter:
         self.join = ""  # blank_line: "\n" when the current line continues an open paragraph
 
     def _reread(self, a: int, b: int) -> Iterator[tuple[str, int]]:
-        reader = _Reader(self.path, self.display, self.compressed, a, b)
+        reader = SourceReader(self.path, self.display, self.compressed, a, b)
         try:
-            for at, data in _char_blocks(reader, self.chunk, a):
+            for at, data in char_blocks(reader, self.chunk, a):
                 yield self.decode(data, at), at + len(data)
         finally:
             reader.close()
 
     def batches(self) -> Iterator[PieceBatch]:
-        self.rd = _Reader(self.path, self.display, self.compressed, self.start, self.end)
+        self.rd = SourceReader(self.path, self.display, self.compressed, self.start, self.end)
         try:
             self.b = _Builder(self.start, TENTATIVE_CHUNKS * self.chunk, self._reread)
             head = self.rd.read_head(3) if self.start == 0 else b""
@@ -390,7 +242,7 @@ class SourceSplitter:
     # -- file: the whole range is one document ---------------------------------------------------
     def _file(self, head: bytes) -> Iterator[PieceBatch]:
         b = self.b
-        for at, data in _char_blocks(self.rd, self.chunk, self.at, head):
+        for at, data in char_blocks(self.rd, self.chunk, self.at, head):
             text = self.decode(data, at)
             if b.held is None and text.isspace():
                 b.maybe(text, at, at + len(data))
@@ -408,7 +260,7 @@ class SourceSplitter:
         region = self._paragraph_region if paragraphs else self._line_region
         rd, b = self.rd, self.b
         carry, at = b"", self.at  # at: offset of carry[0]
-        for block in _blocks(rd, size, head):
+        for block in blocks(rd, size, head):
             data = carry + block if carry else block
             last = data.rfind(b"\n")
             if last >= 0:
@@ -519,7 +371,7 @@ class SourceSplitter:
         rd, b = self.rd, self.b
         parts: list[bytes] = []
         plen, at, line_no = 0, self.at, 1
-        for block in _blocks(rd, self.chunk, head):
+        for block in blocks(rd, self.chunk, head):
             last = block.rfind(b"\n")
             if last < 0:
                 parts.append(block)

@@ -228,3 +228,12 @@ def shakespeare_files() -> list[Path]:
     if not files:
         pytest.skip(f"optional real corpus not present at {SHAKESPEARE_DIR}")
     return files
+
+
+@pytest.fixture()
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh workspace as the current directory (allllm's paths start there); modules that
+    need more in it override this fixture."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ALLLLM_DEBUG", raising=False)
+    return tmp_path

@@ -15,13 +15,6 @@ from cli_helpers import heavy_imports_of
 from cli_helpers import run_cli as run
 
 
-@pytest.fixture()
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("ALLLLM_DEBUG", raising=False)
-    return tmp_path
-
-
 def test_help_lists_verbs(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["--help"], capsys)
     assert code == 0

@@ -37,12 +37,6 @@ BYTE = TokenizerConfig(backend="byte")
 
 
 @pytest.fixture()
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-@pytest.fixture()
 def tok() -> TokenizerManager:
     return TokenizerManager.from_config(BYTE)
 

@@ -43,12 +43,6 @@ COMBOS = [(False, True), (True, True), (True, False), (False, False)]
 SMALL = {"segment_chars": 48, "batch_chars": 700, "chunk_bytes": 1024}
 
 
-@pytest.fixture()
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def _tokenizer(request: pytest.FixtureRequest, backend: str, add_bos: bool, add_eos: bool):
     fixture, bos_override = BACKENDS[backend]
     base: TokenizerConfig | None = request.getfixturevalue(fixture)

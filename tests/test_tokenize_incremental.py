@@ -31,12 +31,6 @@ from tokenize_helpers import (
 
 
 @pytest.fixture()
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-@pytest.fixture()
 def byte_tok() -> TokenizerManager:
     return TokenizerManager.from_config(TokenizerConfig(backend="byte"))
 

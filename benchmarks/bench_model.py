@@ -7,6 +7,11 @@ the same batch, thread count, AdamW and loop. Runs are interleaved; each
 figure is the median of --repeats runs of --steps steps after a warm-up step.
 
     python benchmarks/bench_model.py [--threads 2] [--repeats 5] [--steps 5]
+        [--with-fast-gelu] [--with-compile]
+
+--with-compile adds both models under torch.compile (a C++ compiler is needed):
+the floor that fusing every elementwise chain reaches with the same matmul and
+attention kernels.
 
 GPU: `--device cuda` trains a ~125M and a ~1B phi-style model (seq 2048) in
 bf16 autocast, ours eager and torch.compile'd, HF eager-mode for contrast, and
@@ -34,6 +39,7 @@ from allllm.config import ModelConfig, load_config_file
 from allllm.model import Transformer, to_hf
 
 ROOT = Path(__file__).resolve().parent.parent
+LossFn = Callable[[torch.Tensor], torch.Tensor]
 
 GPU_SIZES = {  # phi-style configs (phi-1.5's layout: head_dim 64, half of it rotary)
     "125m": {
@@ -135,9 +141,11 @@ def run_cpu(args: argparse.Namespace) -> None:
     mcfg, seq, batch = cfg.model, cfg.data.seq_len, cfg.train.micro_batch_size
     torch.manual_seed(0)
     ours = Transformer(mcfg)
-    contenders = {
-        "ours": (ours, ours_step(ours), False),
-        "HF Phi sdpa": (hf_twin(ours, "sdpa", "cpu"), None, True),
+    hf = hf_twin(ours, "sdpa", "cpu")
+    # name -> (module the optimizer trains, training loss fn, module timed forward, is HF)
+    contenders: dict[str, tuple[torch.nn.Module, LossFn, torch.nn.Module, bool]] = {
+        "ours": (ours, ours_step(ours), ours, False),
+        "HF Phi sdpa": (hf, hf_step(hf), hf, True),
     }
     if args.with_fast_gelu:  # HF with the fused tanh-GELU kernel instead of phi-2's gelu_new
         fast = hf_twin(ours, "sdpa", "cpu")
@@ -146,21 +154,26 @@ def run_cpu(args: argparse.Namespace) -> None:
 
         for layer in fast.model.layers:
             layer.mlp.activation_fn = ACT2FN["gelu_pytorch_tanh"]
-        contenders["HF Phi sdpa, gelu_pytorch_tanh"] = (fast, None, True)
+        contenders["HF Phi sdpa, gelu_pytorch_tanh"] = (fast, hf_step(fast), fast, True)
+    if args.with_compile:  # both under torch.compile (inductor's fused CPU kernels)
+        ours_c = Transformer(mcfg)
+        ours_c.load_state_dict(ours.state_dict())
+        hf_c = hf_twin(ours, "sdpa", "cpu")
+        ours_cc, hf_cc = torch.compile(ours_c), torch.compile(hf_c)
+        contenders["ours + torch.compile"] = (ours_c, ours_step(ours_cc), ours_cc, False)
+        contenders["HF Phi sdpa + torch.compile"] = (hf_c, hf_step(hf_cc), hf_cc, True)
     ids = torch.randint(
         0, mcfg.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(1)
     )
     train: dict[str, list[float]] = {name: [] for name in contenders}
     fwd: dict[str, list[float]] = {name: [] for name in contenders}
-    opts = {name: make_optimizer(m) for name, (m, _, _) in contenders.items()}
+    opts = {name: make_optimizer(m) for name, (m, _, _, _) in contenders.items()}
     for _ in range(args.repeats):  # interleaved: drifts in machine load hit every contender
-        for name, (model, step, is_hf) in contenders.items():
-            loss_fn = hf_step(model) if is_hf else step
-            assert loss_fn is not None
+        for name, (model, loss_fn, fwd_model, is_hf) in contenders.items():
             train[name].append(
                 time_training(model, loss_fn, opts[name], ids, args.steps, "cpu", False)
             )
-            fwd[name].append(time_forward(model, ids, args.steps, "cpu", False, is_hf))
+            fwd[name].append(time_forward(fwd_model, ids, args.steps, "cpu", False, is_hf))
     tokens = batch * seq
     base_train = statistics.median(train["HF Phi sdpa"])
     base_fwd = statistics.median(fwd["HF Phi sdpa"])
@@ -235,6 +248,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument(
         "--with-fast-gelu", action="store_true", help="also HF with gelu_pytorch_tanh"
+    )
+    parser.add_argument(
+        "--with-compile",
+        action="store_true",
+        help="CPU: also both models under torch.compile (needs a C++ compiler)",
     )
     parser.add_argument("--sizes", nargs="+", default=list(GPU_SIZES), choices=list(GPU_SIZES))
     parser.add_argument("--seq-len", type=int, default=2048)

@@ -10,6 +10,9 @@ into a temporary workspace. Contenders, interleaved with a rotating order:
 - "allllm train, fused AdamW": the same with the trainer's optimizer swapped
   for ``torch.optim.AdamW(fused=True)`` (the trainer itself now fuses on CPU too, so the two
   rows should agree).
+- "allllm train, train.compile" (with --with-compile): the same run with the
+  config's ``train.compile`` on (no forward/backward timers: they would sit
+  inside the compiled graph). The first steps, which compile, are warm-up.
 - "allllm's model in the plain loop": our Transformer in the loop below — the
   trainer's own cost is its difference to "allllm train".
 - "plain HF loop": what a user would write: ``PhiForCausalLM``
@@ -28,6 +31,7 @@ be shared: every step's process CPU time is recorded, and figures are given
 both as medians of whole runs and over the "quiet" steps (CPU share >= 0.95).
 
     python benchmarks/bench_train.py [--threads 2] [--repeats 5] [--steps 13] [--warmup 3]
+        [--with-compile]
 
 GPU: ``--device cuda`` trains ~125M and ~1B phi-style models (bench_model.py's
 configs, seq 2048) through the real ``train()`` in bf16 autocast with
@@ -74,6 +78,7 @@ from allllm.sizes import count_parameters, flops_per_token
 PLAIN = "plain HF loop"
 PLAIN_OURS = "allllm's model in the plain loop"
 BENCH_TRAIN = {"checkpoint_every": 10**6, "eval_every": 10**6}  # only the final save, timed apart
+COMPILED = "allllm train, train.compile"
 
 
 # -- the plain transformers loop ------------------------------------------------------------------
@@ -208,6 +213,10 @@ def run_cpu(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     base = tiny_base()
     ours_runs: dict[str, list[TrainRun]] = {"allllm train": [], "allllm train, fused AdamW": []}
+    compiled_base = json.loads(json.dumps(base))
+    compiled_base["train"]["compile"] = True
+    if args.with_compile:
+        ours_runs[COMPILED] = []
     plain_runs: list[PlainRun] = []
     plain_ours_runs: list[PlainRun] = []
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
@@ -230,8 +239,17 @@ def run_cpu(args: argparse.Namespace) -> None:
                     progress(rep, name, plain.tokens_per_s, plain.cpu_share)
                     continue
                 make = fused_adamw if "fused" in name else None
-                run_cfg = workspace_config(ws, base, args.corpus, run=f"r{rep}-{make_tag(name)}")
-                run = run_ours(run_cfg, steps=args.steps, warmup=args.warmup, make_optimizer=make)
+                run_base = compiled_base if name == COMPILED else base
+                run_cfg = workspace_config(
+                    ws, run_base, args.corpus, run=f"r{rep}-{make_tag(name)}"
+                )
+                run = run_ours(  # no forward/backward timers inside the compiled graph
+                    run_cfg,
+                    steps=args.steps,
+                    warmup=args.warmup,
+                    make_optimizer=make,
+                    detailed=name != COMPILED,
+                )
                 if not micro_rows:
                     micro_rows = run.fetched
                     lrs = [r["lr"] for r in run.records]
@@ -250,7 +268,7 @@ def progress(rep: int, name: str, tokens_per_s: float, cpu_share: float) -> None
 
 
 def make_tag(name: str) -> str:
-    return "fused" if "fused" in name else "ours"
+    return "compiled" if name == COMPILED else "fused" if "fused" in name else "ours"
 
 
 def quiet_rate(runs: list[Any]) -> tuple[float, int]:
@@ -316,7 +334,7 @@ def report_cpu(
         f"{share:.2f} | {base_quiet:,.0f} | 1.00x | {base_n} |"
     )
     print()
-    rows = {name: pooled_breakdown(runs) for name, runs in ours_runs.items()}
+    rows = {name: pooled_breakdown(r) for name, r in ours_runs.items() if name != COMPILED}
     rows[PLAIN_OURS] = pooled_breakdown(plain_ours_runs)
     rows[PLAIN] = pooled_breakdown(plain_runs)
     cols = [*PHASES, "other", "step"]
@@ -435,6 +453,11 @@ def main() -> None:
     parser.add_argument("--accum", type=int, default=4, help="micro-batches per step")
     parser.add_argument("--precision", default="bf16-mixed")
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument(
+        "--with-compile",
+        action="store_true",
+        help="CPU: also allllm train with train.compile (needs a C++ compiler)",
+    )
     parser.add_argument("--peak-tflops", type=float, default=989.0)
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -20,6 +20,7 @@ from allllm.errors import CheckpointError, DataError
 from allllm.evaluation import evaluate_model
 from allllm.export import export_model
 from allllm.export_tokenizer import export_tokenizer
+from allllm.inference import TrainedModel
 from allllm.tokenizer.manager import TokenizerManager
 from cli_helpers import cli_exit_code
 from use_helpers import inside, load_micro, trained_workspace
@@ -92,11 +93,19 @@ def test_eval_errors(ws: Path) -> None:
         evaluate_model(trained, shards="nope*")
 
 
-def _hf_logits(directory: Path, ids: torch.Tensor) -> torch.Tensor:
-    model = transformers.AutoModelForCausalLM.from_pretrained(str(directory))
-    model.eval()
+def _assert_transformers_agree(
+    out: Path, trained: TrainedModel, text: str, n_tokens: int
+) -> torch.Tensor:
+    """transformers' model and tokenizer loaded from ``out`` give our logits and our ids."""
+    ids = torch.tensor([trained.tokenizer.encode(text)[:n_tokens]])
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
     with torch.no_grad():
-        return model(input_ids=ids).logits
+        torch.testing.assert_close(
+            hf_model(input_ids=ids).logits, trained.model(ids), rtol=0, atol=1e-4
+        )
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
+    assert hf_tok(text, add_special_tokens=False).input_ids == trained.tokenizer.encode(text)
+    return ids
 
 
 def test_export_phi_loads_in_transformers_with_equal_logits(ws: Path, tmp_path: Path) -> None:
@@ -108,12 +117,8 @@ def test_export_phi_loads_in_transformers_with_equal_logits(ws: Path, tmp_path: 
         result.files
     )
     trained = load_micro(ws)
-    ids = torch.tensor([trained.tokenizer.encode(SAMPLE)[:60]])
-    with torch.no_grad():
-        ours = trained.model(ids)
-    torch.testing.assert_close(_hf_logits(out, ids), ours, rtol=0, atol=1e-4)
+    _assert_transformers_agree(out, trained, SAMPLE, 60)
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
-    assert hf_tok(SAMPLE, add_special_tokens=False).input_ids == trained.tokenizer.encode(SAMPLE)
     assert hf_tok.eos_token_id == trained.tokenizer.eos_id == 257
     gen = json.loads((out / "generation_config.json").read_text())
     assert gen["eos_token_id"] == 257 and gen["pad_token_id"] == 258
@@ -145,12 +150,8 @@ def test_export_llama_with_an_hf_tokenizer(tmp_path: Path, hf_bpe_json: Path) ->
     assert result.architecture == "LlamaForCausalLM" and result.tokenizer == "hf"
     trained = load_micro(ws)
     text = SAMPLE.replace("😀", "")
-    ids = torch.tensor([trained.tokenizer.encode(text)[:50]])
-    with torch.no_grad():
-        ours = trained.model(ids)
-    torch.testing.assert_close(_hf_logits(out, ids), ours, rtol=0, atol=1e-4)
+    ids = _assert_transformers_agree(out, trained, text, 50)
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
-    assert hf_tok(text, add_special_tokens=False).input_ids == trained.tokenizer.encode(text)
     assert hf_tok.decode(ids[0].tolist()) == trained.tokenizer.decode(ids[0].tolist())
 
 

@@ -183,6 +183,13 @@ def test_cli_errors(
     assert err.startswith("error: no checkpoint at step 999") and err.count("\n") == 1
     assert cli_exit_code(["generate", "--model", "micro", "--temperature", "-1"]) == 2
     assert cli_exit_code(["generate", "--model", "micro", "-p", "a", "--prompt-file", "x.txt"]) == 2
+    capsys.readouterr()
+    (ws / "latin1.txt").write_bytes(b"caf\xe9")
+    for name, says in (("missing.txt", "No such file"), ("latin1.txt", "not UTF-8 text (byte 3)")):
+        assert cli_exit_code(["generate", "--model", "micro", "--prompt-file", name]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: --prompt-file {name}: ") and says in err, err
+        assert err.count("\n") == 1
 
 
 def test_status_with_checkpoints_does_not_import_torch(ws: Path) -> None:

@@ -89,11 +89,11 @@ def make_console(stderr: bool = False) -> Console:
     return Console(stderr=stderr, highlight=False)
 
 
-def warn_line(console: object, message: str) -> None:
+def warn_line(console: Console, message: str) -> None:
     """A yellow "warning:" line; the message is printed literally (no rich markup)."""
     from rich.markup import escape
 
-    console.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)  # type: ignore[attr-defined]
+    console.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
 
 
 def print_json(data: object) -> None:

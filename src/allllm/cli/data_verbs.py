@@ -56,6 +56,7 @@ def config_list(as_json: JsonOpt = False) -> None:
     if as_json:
         print_json(rows)
         return
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="configs", title_justify="left")
@@ -63,7 +64,7 @@ def config_list(as_json: JsonOpt = False) -> None:
         table.add_column(col, justify="right" if col in ("params", "seq_len") else "left")
     for r in rows:
         if "error" in r:
-            table.add_row(r["name"], r["source"], "[red]invalid[/red]", "", "", r["error"])
+            table.add_row(r["name"], r["source"], "[red]invalid[/red]", "", "", escape(r["error"]))
         else:
             table.add_row(
                 r["name"],

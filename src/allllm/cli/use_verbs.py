@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -17,9 +17,7 @@ from allllm.cli.app import (
     print_json,
     warn_line,
 )
-
-if TYPE_CHECKING:
-    pass
+from allllm.errors import DataError
 
 # generate / eval / export / plot / demo: use what was trained ---------------------------------
 
@@ -87,8 +85,16 @@ def generate_cmd(
     if prompt_file is not None:
         try:
             text = prompt_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise typer.BadParameter(f"cannot read {prompt_file}: {exc}", "--prompt-file") from None
+        except OSError as exc:
+            raise DataError(
+                f"--prompt-file {prompt_file}: {exc.strerror or exc}",
+                "check the path and its permissions",
+            ) from None
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"--prompt-file {prompt_file}: not UTF-8 text (byte {exc.start})",
+                "save the prompt as UTF-8",
+            ) from None
     cfg = load_config(model, config)
     trained = load_trained(cfg, step, device=device, warn=_warn_to_stderr)
     settings = SamplingSettings(

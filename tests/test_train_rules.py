@@ -163,6 +163,24 @@ def test_deleted_shard_is_missing_and_pending_run_says_abandon(ws: Path) -> None
     assert [s["state"] for s in report["shards"]] == ["missing"]
 
 
+def test_abandoning_with_nothing_left_to_train_still_sets_the_run_aside(ws: Path) -> None:
+    """--abandon-pending when no shard is left to train: the dropped run's checkpoints move
+    aside, so the next `train` starts from the run's start point instead of its leftovers."""
+    tokenize(load_config(model="micro"))
+    done, _ = _train(only_new=True)
+    add_raw(ws, "part2.txt", seed=2)
+    tokenize(load_config(model="micro"))
+    _train(only_new=True, max_steps=1)
+    for f in (ws / "data").glob("part2.cached.*"):
+        f.unlink()
+    result, rep = _train(only_new=True, abandon_pending=True)
+    assert result.status == "nothing" and result.step == done.step
+    assert any("moved aside" in w for w in rep.warnings)
+    assert latest_checkpoint(ws / CKPT).step == done.step
+    again, _ = _train(only_new=True)  # no pending run left to complain about
+    assert again.status == "nothing" and again.step == done.step
+
+
 def test_seen_file_deleted_or_corrupt_is_rebuilt_from_checkpoint(ws: Path) -> None:
     tokenize(load_config(model="micro"))
     _first, _ = _train(only_new=True)

@@ -147,6 +147,9 @@ class _Trainer:
         ident, start = _run_rank0(info, self._decide)
         self.fingerprint = start.tokenizer_fingerprint
         self.seen = dict(start.seen)
+        if start.abandoned and not opts.dry_run and info.is_main:
+            # before anything can return: the dropped run's leftovers must not stay "latest"
+            set_aside(start.abandoned, self.reporter)
         start_step = int(start.state["step"]) if start.state else 0
         early_plan = None
         if start.pending is None and not opts.dry_run:
@@ -156,8 +159,6 @@ class _Trainer:
                 self.result.step = start_step
                 self.result.tokens_seen = int((start.state or {}).get("tokens_seen", 0))
                 return self.result
-        if start.abandoned and not opts.dry_run and info.is_main:
-            set_aside(start.abandoned, self.reporter)
         model, step, tokens_seen = self._build_model(start)
         # wrap before the optimizer exists: FSDP2 replaces the parameters with sharded ones
         wrapped = wrap_model(model, info, self.device, cfg.train.fsdp)

@@ -151,16 +151,10 @@ def evaluate_model(
 
     cfg, state = trained.cfg, trained.state
     ident = TokenizerIdentity.from_description(trained.tokenizer.describe())
-    seen = state.get("seen") or {}
-    seen_map = (
-        SeenMap.from_dict({"format_version": 1, "shards": seen}, "checkpoint")
-        if seen
-        else SeenMap()
-    )
     scan = scan_shards(
         cfg.data_dir,
         ScanSpec.from_config(cfg, ident),
-        seen_map,
+        SeenMap.from_dict(state.get("seen") or {}, "checkpoint"),  # the bare shards map
         trust_unverified=trust_unverified,
     )
     parts = select_rows(cfg, scan, state, shards=shards, warn=warn)

@@ -287,15 +287,10 @@ def scan_for(
     cfg: Config, ident: TokenizerIdentity, seen: dict[str, Any], opts: TrainOptions
 ) -> ScanResult:
     """The registry's view of data.dir for this config and seen map."""
-    seen_map = (
-        SeenMap.from_dict({"format_version": 1, "shards": seen}, "checkpoint")
-        if seen
-        else SeenMap()
-    )
     return scan_shards(
         cfg.data_dir,
         ScanSpec.from_config(cfg, ident),
-        seen_map,
+        SeenMap.from_dict(seen, "checkpoint"),  # the bare shards map
         trust_unverified=opts.trust_unverified,
     )
 
@@ -365,9 +360,7 @@ def run_summary(
 def write_records(ckpt_dir: Path, seen: dict[str, Any], summary: dict[str, Any] | None) -> None:
     """After the completing checkpoint is durable: seen_datasets.json, then runs.jsonl."""
     fault_point("train.before_seen")
-    save_seen(
-        seen_path(ckpt_dir), SeenMap.from_dict({"format_version": 1, "shards": seen}, "trainer")
-    )
+    save_seen(seen_path(ckpt_dir), SeenMap.from_dict(seen, "trainer"))
     fault_point("train.before_runs")
     if summary is not None:
         log_run_once(ckpt_dir, summary)

@@ -1,4 +1,4 @@
-"""Run the real ``allllm.train.trainer.train()`` in a scratch workspace and time its steps.
+"""Run the real ``allllm.train.session.train()`` in a scratch workspace and time its steps.
 
 Used by bench_train.py. The workspace is a temporary folder holding the
 tokenized Shakespeare corpus; each measured run gets its own checkpoint dir,
@@ -26,10 +26,10 @@ import torch
 
 from allllm.config import Config, TrainConfig, parse_config
 from allllm.data.dataset import ShardDataset
-from allllm.data.tokenize import tokenize
-from allllm.train import trainer as trainer_mod
+from allllm.data.tokenize.run import tokenize
+from allllm.train import session as trainer_mod
 from allllm.train.metrics import METRICS_FILE, read_jsonl
-from allllm.train.session import QuietReporter, TrainOptions
+from allllm.train.start import QuietReporter, TrainOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path("/work/shared/corpus/shakespeare")

@@ -48,7 +48,7 @@ from allllm.config import ModelConfig, TrainConfig, load_config_file
 from allllm.model import build_model, empty_model
 from allllm.train import checkpoint as ckpt_io
 from allllm.train.optim import make_optimizer
-from allllm.train.state_io import (
+from allllm.train.state_dicts import (
     load_model_state,
     load_optimizer_state,
     model_state,

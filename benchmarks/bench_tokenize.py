@@ -47,8 +47,8 @@ from typing import Any
 
 from _machine import machine_description
 from allllm.config import Config, TokenizerConfig, parse_config
-from allllm.data.raw import iter_documents, resolve_sources
-from allllm.data.tokenize import TIMING_STAGES, tokenize
+from allllm.data.raw.sources import iter_documents, resolve_sources
+from allllm.data.tokenize.run import TIMING_STAGES, tokenize
 from allllm.tokenizer._shared import default_num_threads
 from allllm.tokenizer.manager import TokenizerManager
 
@@ -270,7 +270,7 @@ def compare_naive(tok_cfg: TokenizerConfig, root: Path, runs: int) -> None:
 _RSS_CHILD = """
 import sys
 from allllm.config import parse_config
-from allllm.data.tokenize import tokenize
+from allllm.data.tokenize.run import tokenize
 cfg = parse_config({
     "name": "rss", "model": {"arch": "llama", "vocab_size": 320, "hidden_size": 64,
     "num_layers": 1, "num_heads": 1, "max_position_embeddings": 2048},

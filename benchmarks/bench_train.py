@@ -3,7 +3,7 @@
 CPU (default): the `tiny` preset trains on the Shakespeare corpus, tokenized
 into a temporary workspace. Contenders, interleaved with a rotating order:
 
-- "allllm train": the real ``allllm.train.trainer.train()`` with
+- "allllm train": the real ``allllm.train.session.train()`` with
   ``--max-steps N`` (a fresh checkpoint dir per run, so every run starts from the
   same weights and trains the same rows). Tokens/s come from its metrics.jsonl,
   after --warmup steps; the set-up and the checkpoint at the bound are timed apart.
@@ -73,7 +73,7 @@ from _train_harness import (
     workspace_config,
 )
 from allllm.config import Config
-from allllm.sizes import count_parameters, flops_per_token
+from allllm.model.sizes import count_parameters, flops_per_token
 
 PLAIN = "plain HF loop"
 PLAIN_OURS = "allllm's model in the plain loop"
@@ -88,8 +88,8 @@ def plain_hf_model(cfg: Config) -> torch.nn.Module:
     """``PhiForCausalLM`` with the config in HF terms and the weights ``train()`` starts from."""
     from transformers import PhiConfig, PhiForCausalLM
 
+    from allllm.hf.weights import hf_state_dict
     from allllm.model import build_model
-    from allllm.model.hf import hf_state_dict
 
     m = cfg.model
     hf_cfg = PhiConfig(

@@ -142,7 +142,7 @@ def sp_model(tok_dir: Path, corpus_docs: list[str]) -> Path:
 def byte_level_decoder() -> dict[str, int]:
     """GPT-2's printable-character alphabet back to bytes (how tokenizer.json spells tokens).
 
-    Written out here rather than taken from ``allllm.export_tokenizer``: the fixtures built
+    Written out here rather than taken from ``allllm.hf.tokenizer_export``: the fixtures built
     with it check that module's output, so they must not share its mistakes."""
     printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
     chars = list(printable)

@@ -1,4 +1,4 @@
-"""Write valid shards (DESIGN.md §4, exactly per ``allllm.data.shards``) from token rows.
+"""Write valid shards (DESIGN.md §4, exactly per ``allllm.data.shard_format``) from token rows.
 
 Tests and benchmarks build shards with this instead of running the tokenize
 pipeline: give it rows of ids and it writes ``<stem>.jsonl`` / ``<stem>.bin`` and
@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from allllm.data.jsonl_rows import rows_to_jsonl
-from allllm.data.shards import (
+from allllm.data.shard_format import (
     FORMAT_VERSION,
     ShardMeta,
     bin_dtype_for,
@@ -31,6 +30,7 @@ from allllm.data.shards import (
     utc_iso,
     write_meta,
 )
+from allllm.data.tokenize.jsonl_render import rows_to_jsonl
 
 TEST_FINGERPRINT = "f" * 64
 
@@ -95,7 +95,7 @@ def random_rows(
 
 def _write(path: Path, data: bytes, durable: bool) -> None:
     if durable:
-        from allllm.fsutil import atomic_write_bytes
+        from allllm.util.atomic import atomic_write_bytes
 
         atomic_write_bytes(path, data)
     else:

@@ -18,7 +18,7 @@ from allllm.config import (
     preset_names,
 )
 from allllm.errors import ConfigError
-from allllm.sizes import count_parameters
+from allllm.model.sizes import count_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 

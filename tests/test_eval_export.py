@@ -17,11 +17,11 @@ from allllm.data.dataset import ShardDataset
 from allllm.data.registry import ScanSpec, TokenizerIdentity, scan_shards
 from allllm.data.valsplit import split_rows
 from allllm.errors import CheckpointError, DataError
-from allllm.evaluation import evaluate_model
-from allllm.export import export_model
-from allllm.export_tokenizer import export_tokenizer
-from allllm.inference import TrainedModel
+from allllm.hf.tokenizer_export import export_tokenizer
 from allllm.tokenizer.manager import TokenizerManager
+from allllm.use.evaluate import evaluate_model
+from allllm.use.export import export_model
+from allllm.use.trained import TrainedModel
 from cli_helpers import cli_exit_code
 from use_helpers import inside, load_micro, trained_workspace
 

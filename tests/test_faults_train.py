@@ -1,7 +1,7 @@
 """SIGKILL `allllm train` at many points; the final state equals an uninterrupted run's.
 
 Kill points come from a seeded random list (``ALLLLM_FAULT=<point>:<n>`` makes the
-process SIGKILL itself the n-th time it passes a named point; see allllm/faults.py).
+process SIGKILL itself the n-th time it passes a named point; see allllm/util/faults.py).
 After every kill the real CLI is run again. At the end: weights bitwise equal to the
 uninterrupted reference, every shard recorded exactly once with the reference's step,
 one runs.jsonl line per run, and every checkpoint on disk complete and loadable.

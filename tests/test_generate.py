@@ -10,7 +10,8 @@ import torch
 
 from allllm.config import TokenizerConfig, load_config
 from allllm.errors import CheckpointError
-from allllm.generate_text import (
+from allllm.tokenizer.manager import TokenizerManager
+from allllm.use.generate import (
     REPLACEMENT,
     SamplingSettings,
     TextStream,
@@ -18,8 +19,7 @@ from allllm.generate_text import (
     generate_text,
     prompt_ids,
 )
-from allllm.inference import find_trained_checkpoint, load_trained
-from allllm.tokenizer.manager import TokenizerManager
+from allllm.use.trained import find_trained_checkpoint, load_trained
 from cli_helpers import cli_exit_code, heavy_imports_of
 from use_helpers import inside, load_micro, trained_workspace
 

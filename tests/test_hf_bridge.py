@@ -14,8 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from allllm.errors import AllllmError, CheckpointError, ConfigError
+from allllm.hf.weights import hf_state_dict
 from allllm.model import Transformer, build_model, from_hf, generate, to_hf
-from allllm.model.hf import hf_state_dict
 from model_helpers import CONFIGS, randomize, tiny_config
 
 transformers = pytest.importorskip("transformers", reason="the HF bridge tests need transformers")
@@ -26,7 +26,7 @@ EXPORTABLE = [n for n in CONFIGS if n != "mixed-rms-gelu-qknorm"]  # HF computes
 def hf_model(name: str, attn: str = "eager", seed: int = 0) -> torch.nn.Module:
     """A transformers model with our config ``name`` (through its config.json) and random weights."""
     ours = Transformer(tiny_config(**CONFIGS[name]), init=False)
-    from allllm.model.hf_config import hf_config_from_model
+    from allllm.hf.config_map import hf_config_from_model
 
     data = hf_config_from_model(ours.config)
     config = transformers.AutoConfig.for_model(**data)

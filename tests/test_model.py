@@ -25,7 +25,7 @@ from allllm.model import (
     sample_next,
     shifted_targets,
 )
-from allllm.sizes import count_parameters, flops_per_token
+from allllm.model.sizes import count_parameters, flops_per_token
 from model_helpers import CONFIGS, randomize, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]

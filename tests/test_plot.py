@@ -10,7 +10,7 @@ import pytest
 
 from allllm.cli import main
 from allllm.errors import AllllmError, CheckpointError
-from allllm.plot import plot_losses, read_curves, timeline
+from allllm.use.plot import plot_losses, read_curves, timeline
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

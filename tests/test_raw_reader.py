@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from allllm.config import DataConfig
-from allllm.data import raw, raw_split
-from allllm.data.raw import (
+from allllm.data.raw import sources as raw
+from allllm.data.raw import split as raw_split
+from allllm.data.raw.sources import (
     RawSource,
     iter_batches,
     iter_documents,

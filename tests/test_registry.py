@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from allllm.data.journal import begin
 from allllm.data.registry import ScanResult, ScanSpec, TokenizerIdentity, scan_shards
 from allllm.data.seen import SeenMap, SeenRecord
-from allllm.data.shards import compute_shard_id
+from allllm.data.shard_format import compute_shard_id
+from allllm.data.tokenize.journal import begin
 from shard_factory import (
     TEST_FINGERPRINT,
     random_rows,

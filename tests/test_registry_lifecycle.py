@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from allllm.data import journal
-from allllm.data.tokenize import tokenize
+from allllm.data.tokenize import journal
+from allllm.data.tokenize.run import tokenize
 from allllm.tokenizer.manager import TokenizerManager
 from tokenize_helpers import make_config, scan, write_raw
 

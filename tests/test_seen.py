@@ -124,7 +124,7 @@ def test_a_failure_mid_write_leaves_the_old_file(
     def crash(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("allllm.fsutil.os.fsync", crash)
+    monkeypatch.setattr("allllm.util.atomic.os.fsync", crash)
     with pytest.raises(OSError):
         save_seen(path, old.with_records({B: rec(9)}))
     assert path.read_bytes() == before

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from allllm.cli.views.status import render_status
 from allllm.config import Config, load_config
 from allllm.data.seen import SeenMap, SeenRecord, save_seen, seen_path
 from allllm.errors import DataError, TokenizerError
-from allllm.status import build_status
-from allllm.status_view import render_status
+from allllm.use.status import build_status
 from shard_factory import byte_tokenizer_info, random_rows, write_shard
 
 L = 256  # the tiny preset's seq_len

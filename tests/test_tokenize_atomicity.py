@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 
 from allllm.config import Config, TokenizerConfig
-from allllm.data import journal, shard_writer
 from allllm.data.registry import scan_shards
-from allllm.data.shard_writer import ShardWriter
-from allllm.data.tokenize import NoProgress, tokenize
+from allllm.data.tokenize import journal
+from allllm.data.tokenize import write as shard_writer
+from allllm.data.tokenize.run import NoProgress, tokenize
+from allllm.data.tokenize.write import ShardWriter
 from allllm.errors import DataError
 from allllm.tokenizer.manager import TokenizerManager
 from tokenize_helpers import (
@@ -214,8 +215,8 @@ _SLOW_CHILD = textwrap.dedent(
     """
     import sys, time
     from allllm.config import load_config
-    from allllm.data import shard_writer
-    from allllm.data.tokenize import tokenize
+    from allllm.data.tokenize import write as shard_writer
+    from allllm.data.tokenize.run import tokenize
 
     add = shard_writer.ShardWriter.add
 

@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 
 from allllm.config import Config, TokenizerConfig
-from allllm.data import journal, raw, shard_writer
+from allllm.data.raw import sources as raw
 from allllm.data.registry import scan_shards
-from allllm.data.shard_writer import ShardWriter
-from allllm.data.tokenize import tokenize
+from allllm.data.tokenize import journal
+from allllm.data.tokenize import write as shard_writer
+from allllm.data.tokenize.run import tokenize
+from allllm.data.tokenize.write import ShardWriter
 from allllm.errors import DataError, TokenizerError
 from allllm.tokenizer.manager import TokenizerManager
 from tokenize_helpers import (

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from allllm.config import load_config
-from allllm.data import journal
-from allllm.data.tokenize import NoProgress, tokenize
+from allllm.data.tokenize import journal
+from allllm.data.tokenize.run import NoProgress, tokenize
 from allllm.tokenizer.manager import TokenizerManager
 from cli_helpers import heavy_imports_of
 from cli_helpers import run_cli as run

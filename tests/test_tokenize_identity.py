@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from allllm.config import TokenizerConfig
-from allllm.data.encode_stream import StreamEncoder
-from allllm.data.tokenize import tokenize
+from allllm.data.tokenize.encode import StreamEncoder
+from allllm.data.tokenize.run import tokenize
 from allllm.tokenizer.manager import TokenizerManager
 from tokenize_helpers import (
     check_all,

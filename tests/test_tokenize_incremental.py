@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from allllm.config import Config, TokenizerConfig
-from allllm.data import raw
-from allllm.data import tokenize as tokenize_module
-from allllm.data.shards import ShardMeta, TokenizerInfo, read_meta
-from allllm.data.tokenize import tokenize
-from allllm.data.tokenize_plan import ExistingShard, live_shards, source_stem
+from allllm.data.raw import sources as raw
+from allllm.data.shard_format import ShardMeta, TokenizerInfo, read_meta
+from allllm.data.tokenize import run as tokenize_module
+from allllm.data.tokenize.plan import ExistingShard, live_shards, source_stem
+from allllm.data.tokenize.run import tokenize
 from allllm.tokenizer.manager import TokenizerManager
 from tokenize_helpers import (
     check_all,

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from allllm.config import TrainConfig, load_config
-from allllm.data.tokenize import tokenize
+from allllm.data.tokenize.run import tokenize
 from allllm.errors import CheckpointError, DataError
 from allllm.train import checkpoint as ckpt_io
 from allllm.train.checkpoint import MARKER_FILE, latest_checkpoint, list_checkpoints
 from allllm.train.schedule import effective_warmup, lr_at
-from allllm.train.session import QuietReporter, TrainOptions
-from allllm.train.trainer import train
+from allllm.train.session import train
+from allllm.train.start import QuietReporter, TrainOptions
 from train_helpers import add_raw, make_workspace, same_weights, weights
 
 CKPT = Path("checkpoints/micro")
@@ -143,8 +143,8 @@ def test_pending_run_is_finished_first_then_new_shards(ws: Path) -> None:
 
 
 def test_deleted_shard_is_missing_and_pending_run_says_abandon(ws: Path) -> None:
-    from allllm.status import build_status
     from allllm.train.checkpoint import checkpoint_summary
+    from allllm.use.status import build_status
 
     tokenize(load_config(model="micro"))
     _train(only_new=True, max_steps=2)

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from allllm.config import load_config
-from allllm.data.tokenize import tokenize
+from allllm.data.tokenize.run import tokenize
 from allllm.errors import CheckpointError, LockError
 from allllm.train.checkpoint import latest_checkpoint, list_checkpoints
 from allllm.train.lock import checkpoint_dir_lock
-from allllm.train.session import QuietReporter, TrainOptions
-from allllm.train.trainer import train
+from allllm.train.session import train
+from allllm.train.start import QuietReporter, TrainOptions
 from train_helpers import add_raw, make_workspace, same_weights, weights
 
 
@@ -170,8 +170,8 @@ def test_training_settings_may_change_between_runs(ws: Path) -> None:
 
 
 def test_metrics_and_status_after_training(ws: Path) -> None:
-    from allllm.status import build_status
     from allllm.train.checkpoint import checkpoint_summary
+    from allllm.use.status import build_status
 
     tokenize(load_config(model="micro"))
     result, _ = _train(only_new=True)

@@ -21,9 +21,9 @@ import numpy as np
 
 from allllm import __version__
 from allllm.config import Config, TokenizerConfig, parse_config
-from allllm.data.raw import iter_documents, resolve_sources
+from allllm.data.raw.sources import iter_documents, resolve_sources
 from allllm.data.registry import ScanResult, ScanSpec, TokenizerIdentity, scan_shards
-from allllm.data.shards import (
+from allllm.data.shard_format import (
     FORMAT_VERSION,
     ShardMeta,
     bin_dtype_for,
@@ -228,8 +228,8 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 def spy_on_encoder(monkeypatch: Any) -> list[str]:
     """Make ``tokenize`` record every text it hands the backend, in stream order."""
-    from allllm.data import tokenize as tokenize_module
-    from allllm.data.encode_stream import StreamEncoder
+    from allllm.data.tokenize import run as tokenize_module
+    from allllm.data.tokenize.encode import StreamEncoder
 
     texts: list[str] = []
 

@@ -32,9 +32,9 @@ def trained_workspace(
 ) -> Path:
     """A micro workspace (``make_workspace`` overrides), tokenized and trained once."""
     from allllm.config import load_config
-    from allllm.data.tokenize import tokenize
-    from allllm.train.session import QuietReporter, TrainOptions
-    from allllm.train.trainer import train
+    from allllm.data.tokenize.run import tokenize
+    from allllm.train.session import train
+    from allllm.train.start import QuietReporter, TrainOptions
 
     make_workspace(root, n_files=n_files, **overrides)
     with inside(root):
@@ -48,7 +48,7 @@ def trained_workspace(
 def load_micro(root: Path, step: int | None = None) -> Any:
     """The trained micro model of ``root`` (a TrainedModel on the CPU)."""
     from allllm.config import load_config
-    from allllm.inference import load_trained
+    from allllm.use.trained import load_trained
 
     with inside(root):
         return load_trained(load_config(model="micro"), step, device="cpu")

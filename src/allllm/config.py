@@ -559,7 +559,7 @@ def init_config(new_name: str, from_name: str, force: bool = False) -> Path:
     if target.exists() and not force:
         raise ConfigError(f"{target} already exists", "pick another name or pass --force")
     parse_config(dict(data), str(target))  # the result must validate too
-    from allllm.fsutil import atomic_write_text
+    from allllm.util.atomic import atomic_write_text
 
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,7 @@ def config_list(as_json: JsonOpt = False) -> None:
     Example: allllm config list
     """
     from allllm.config import iter_known_configs
-    from allllm.sizes import count_parameters, format_count
+    from allllm.model.sizes import count_parameters, format_count
 
     rows = []
     for source in iter_known_configs():
@@ -84,7 +84,7 @@ def config_show(model: ModelOpt = None, config: ConfigOpt = None, as_json: JsonO
     Example: allllm config show --model phi-2
     """
     from allllm.config import find_config
-    from allllm.sizes import count_parameters, format_count
+    from allllm.model.sizes import count_parameters, format_count
 
     source = find_config(model, config)
     cfg = source.load()
@@ -196,7 +196,7 @@ def tokenize_cmd(
     Example: allllm tokenize --model tiny --input data/raw
     """
     from allllm.config import load_config
-    from allllm.data.tokenize import tokenize
+    from allllm.data.tokenize.run import tokenize
 
     cfg = load_config(model, config)
     console = make_console()
@@ -204,7 +204,7 @@ def tokenize_cmd(
     show = not (quiet or as_json)
     progress = None
     if show and err_console.is_terminal:  # no bar in logs and pipes: the summary says it all
-        from allllm.tokenize_view import RichTokenizeProgress
+        from allllm.cli.views.tokenize import RichTokenizeProgress
 
         progress = RichTokenizeProgress(err_console)
 
@@ -224,7 +224,7 @@ def tokenize_cmd(
     if as_json:
         print_json(summary.to_dict())
     elif show:
-        from allllm.tokenize_view import render_summary
+        from allllm.cli.views.tokenize import render_summary
 
         render_summary(summary, console)
 
@@ -250,7 +250,7 @@ def status_cmd(
     Example: allllm status --model tiny --json
     """
     from allllm.config import load_config
-    from allllm.status import build_status
+    from allllm.use.status import build_status
 
     cfg = load_config(model, config)
     report = build_status(
@@ -259,7 +259,7 @@ def status_cmd(
     if as_json:
         print_json(report)
         return
-    from allllm.status_view import render_status
+    from allllm.cli.views.status import render_status
 
     render_status(report, make_console())
 

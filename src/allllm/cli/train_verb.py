@@ -1,4 +1,4 @@
-"""The ``train`` verb: options in, :func:`allllm.train.trainer.train` out."""
+"""The ``train`` verb: options in, :func:`allllm.train.session.train` out."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def train_cmd(
     Example: allllm train --model tiny --only-new --max-time 10m
     """
     from allllm.config import load_config, parse_duration
-    from allllm.train.session import TrainOptions
+    from allllm.train.start import TrainOptions
 
     cfg = load_config(model, config)
     seconds = None
@@ -104,9 +104,9 @@ def train_cmd(
         device=device,
         trust_unverified=trust_unverified,
     )
+    from allllm.cli.views.train import RichTrainReporter, render_dry_run
     from allllm.train.distributed import env_dist_info
-    from allllm.train.trainer import train
-    from allllm.train_view import RichTrainReporter, render_dry_run
+    from allllm.train.session import train
 
     main_rank = env_dist_info().is_main
     reporter = RichTrainReporter(

@@ -74,8 +74,8 @@ def generate_cmd(
     Example: allllm generate --model tiny --prompt "Return the" --max-new-tokens 100 --seed 1
     """
     from allllm.config import load_config
-    from allllm.generate_text import SamplingSettings, generate_text
-    from allllm.inference import load_trained
+    from allllm.use.generate import SamplingSettings, generate_text
+    from allllm.use.trained import load_trained
 
     if prompt is not None and prompt_file is not None:
         raise typer.BadParameter("give --prompt or --prompt-file, not both", param_hint="--prompt")
@@ -148,10 +148,10 @@ def eval_cmd(
     Default: the validation rows of every shard the checkpoint has seen, plus data.eval_shards.
     Example: allllm eval --model tiny --json
     """
+    from allllm.cli.views.eval import RichEvalProgress, render_eval
     from allllm.config import load_config
-    from allllm.eval_view import RichEvalProgress, render_eval
-    from allllm.evaluation import evaluate_model
-    from allllm.inference import load_trained
+    from allllm.use.evaluate import evaluate_model
+    from allllm.use.trained import load_trained
 
     cfg = load_config(model, config)
     trained = load_trained(cfg, step, device=device, warn=_warn_to_stderr)
@@ -188,7 +188,7 @@ def export_cmd(
     Example: allllm export --model tiny --out exported/tiny
     """
     from allllm.config import load_config
-    from allllm.export import DTYPES, export_model
+    from allllm.use.export import DTYPES, export_model
 
     if dtype not in DTYPES:
         raise typer.BadParameter(f"must be one of {', '.join(DTYPES)}", param_hint="--dtype")
@@ -218,7 +218,7 @@ def plot_cmd(
     Example: allllm plot --model tiny --out loss.png
     """
     from allllm.config import load_config
-    from allllm.plot import plot_losses
+    from allllm.use.plot import plot_losses
 
     cfg = load_config(model, config)
     path, curves = plot_losses(cfg.checkpoint_path, out, name=cfg.name or "model")
@@ -239,8 +239,8 @@ def demo_cmd(
     Makes DIR with the tiny preset and Python's own docstrings as text, runs tokenize, train --only-new, status and generate, then adds text and trains only on it.
     Example: allllm demo
     """
-    from allllm.demo import run_demo
-    from allllm.demo_view import RichDemoUI
+    from allllm.cli.views.demo import RichDemoUI
+    from allllm.demo.run import run_demo
 
     console = make_console()
     result = run_demo(directory, ui=RichDemoUI(console, make_console(stderr=True)))

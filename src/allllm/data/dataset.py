@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from allllm.data.shards import CACHE_DIR, ShardMeta, numpy_dtype, shard_file
+from allllm.data.shard_format import CACHE_DIR, ShardMeta, numpy_dtype, shard_file
 from allllm.data.valsplit import split_rows
 from allllm.errors import DataError
-from allllm.fsutil import atomic_writer
+from allllm.util.atomic import atomic_writer
 
 if TYPE_CHECKING:
     import torch

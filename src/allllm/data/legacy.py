@@ -134,7 +134,7 @@ _BLOCK_ROWS = 4096  # rows checked and hashed at a time
 
 def _jsonl_summary(path: Path, seq_len: int, vocab_limit: int) -> tuple[str, int, int, int]:
     from allllm.data.dataset import parse_jsonl_row
-    from allllm.data.shards import ShardIdHasher
+    from allllm.data.shard_format import ShardIdHasher
 
     hasher, n_rows, n_tokens, prev_len = ShardIdHasher(), 0, 0, seq_len
     with path.open("rb") as fh:
@@ -158,7 +158,7 @@ def _flat_ids(
 ) -> tuple[np.ndarray, str | None]:
     if is_legacy:
         return load_legacy(bin_path, seq_len).flat, None
-    from allllm.data.shards import bin_dtype_for, numpy_dtype
+    from allllm.data.shard_format import bin_dtype_for, numpy_dtype
 
     dtype_name = bin_dtype_for(id_range)
     dtype = numpy_dtype(dtype_name)
@@ -187,7 +187,7 @@ def check_unverified(
     without a ``.jsonl`` to tell where its final row ends, every row counts as full. When a
     ``.jsonl`` and a ``.bin`` share the stem, both must hold the same ids.
     """
-    from allllm.data.shards import ShardIdHasher
+    from allllm.data.shard_format import ShardIdHasher
 
     summary = _jsonl_summary(jsonl, seq_len, vocab_limit) if jsonl is not None else None
     if bin_path is None:

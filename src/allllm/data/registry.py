@@ -34,8 +34,6 @@ import os
 from pathlib import Path
 
 from allllm.data import legacy
-from allllm.data.gc_pause import gc_paused
-from allllm.data.journal import journaled_stems
 from allllm.data.registry_entries import (
     STATES,
     ScanResult,
@@ -46,7 +44,7 @@ from allllm.data.registry_entries import (
     digest_problem,
 )
 from allllm.data.seen import SHARD_ID_RE, SeenMap, SeenRecord
-from allllm.data.shards import (
+from allllm.data.shard_format import (
     DATA_SUFFIXES,
     META_SUFFIX,
     ShardMeta,
@@ -54,7 +52,9 @@ from allllm.data.shards import (
     read_meta,
     shard_order_key,
 )
+from allllm.data.tokenize.journal import journaled_stems
 from allllm.errors import DataError
+from allllm.util.gc_pause import gc_paused
 
 __all__ = [
     "STATES",

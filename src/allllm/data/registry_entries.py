@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from allllm.data.seen import SeenRecord
-from allllm.data.shards import ShardMeta, file_sha256
+from allllm.data.shard_format import ShardMeta, file_sha256
 from allllm.errors import DataError
 
 if TYPE_CHECKING:

@@ -32,9 +32,9 @@ from pydantic import (
     field_validator,
 )
 
-from allllm.data.shards import utc_timestamp
+from allllm.data.shard_format import utc_timestamp
 from allllm.errors import DataError
-from allllm.fsutil import atomic_write_text
+from allllm.util.atomic import atomic_write_text
 
 SEEN_FILE = "seen_datasets.json"
 SEEN_FORMAT_VERSION = 1

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "Transformer": "allllm.model.transformer",
     "empty_model": "allllm.model.transformer",
-    "build_model": "allllm.model.build",
-    "load_init_weights": "allllm.model.build",
-    "from_hf": "allllm.model.hf",
-    "to_hf": "allllm.model.hf",
+    "build_model": "allllm.hf.init_from",
+    "load_init_weights": "allllm.hf.init_from",
+    "from_hf": "allllm.hf.weights",
+    "to_hf": "allllm.hf.weights",
     "KVCache": "allllm.model.generation",
     "generate": "allllm.model.generation",
     "sample_next": "allllm.model.generation",
@@ -40,9 +40,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from allllm.model.build import build_model, load_init_weights
+    from allllm.hf.init_from import build_model, load_init_weights
+    from allllm.hf.weights import from_hf, to_hf
     from allllm.model.generation import KVCache, generate, sample_next
-    from allllm.model.hf import from_hf, to_hf
     from allllm.model.loss import IGNORE_INDEX, linear_cross_entropy, shifted_targets
     from allllm.model.transformer import Transformer, empty_model
 

@@ -30,7 +30,7 @@ from torch.utils.checkpoint import checkpoint
 from allllm.config import ModelConfig
 from allllm.model.layers import Block, LayerNorm, RMSNorm, Rotary, make_norm, residual_init_std
 from allllm.model.loss import linear_cross_entropy, shifted_targets
-from allllm.sizes import flops_per_token
+from allllm.model.sizes import flops_per_token
 
 if TYPE_CHECKING:
     from allllm.model.generation import KVCache

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from allllm.errors import CheckpointError
-from allllm.faults import fault_point
-from allllm.fsutil import fsync_dir
+from allllm.util.atomic import fsync_dir
+from allllm.util.faults import fault_point
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"

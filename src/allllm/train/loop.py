@@ -25,12 +25,12 @@ import torch
 
 from allllm.config import TrainConfig
 from allllm.data.sampler import RowSampler
-from allllm.faults import fault_point
 from allllm.train.distributed import DistInfo, all_reduce_max, all_reduce_sum, gradient_sync
-from allllm.train.evaluate import evaluate_rows
 from allllm.train.precision import Precision
 from allllm.train.run_plan import RunData, RunPlan
 from allllm.train.schedule import lr_at
+from allllm.train.validation import evaluate_rows
+from allllm.util.faults import fault_point
 
 
 class StepReporter(Protocol):

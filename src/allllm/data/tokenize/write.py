@@ -23,9 +23,7 @@ from typing import IO, Any
 import numpy as np
 
 from allllm import __version__
-from allllm.data import journal
-from allllm.data.jsonl_rows import JsonlRenderer
-from allllm.data.shards import (
+from allllm.data.shard_format import (
     DATA_SUFFIXES,
     FORMAT_VERSION,
     META_SUFFIX,
@@ -35,9 +33,11 @@ from allllm.data.shards import (
     numpy_dtype,
     utc_iso,
 )
+from allllm.data.tokenize import journal
+from allllm.data.tokenize.jsonl_render import JsonlRenderer
 from allllm.errors import DataError
-from allllm.faults import fault_point
-from allllm.fsutil import fsync_dir
+from allllm.util.atomic import fsync_dir
+from allllm.util.faults import fault_point
 
 #: the writer's stages: CPU seconds of the writing thread, except ``finish`` (fsync, renames,
 #: meta), which is wall time

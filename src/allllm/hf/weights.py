@@ -22,8 +22,7 @@ from torch import Tensor
 
 from allllm.config import ModelConfig
 from allllm.errors import CheckpointError, ConfigError
-from allllm.fsutil import atomic_write_text
-from allllm.model.hf_config import (
+from allllm.hf.config_map import (
     IGNORED_KEY_SUFFIXES,
     Family,
     hf_config_from_model,
@@ -34,6 +33,7 @@ from allllm.model.hf_config import (
     split_sizes,
 )
 from allllm.model.transformer import Transformer, empty_model
+from allllm.util.atomic import atomic_write_text
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?(@[\w./-]+)?$")
 # What a hub download fetches: the config and HF's weight file names (model-0000x-of-0000y too).

@@ -14,16 +14,15 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from allllm.config import Config
-from allllm.data import journal
-from allllm.data.encode_stream import EncodeTimings, Pieces, StreamEncoder
-from allllm.data.shard_writer import WRITE_STAGES, ShardWriter
-from allllm.data.shards import TokenizerInfo, bin_dtype_for, unique_stem, utc_timestamp
-from allllm.data.tokenize_plan import (
+from allllm.data.shard_format import TokenizerInfo, bin_dtype_for, unique_stem, utc_timestamp
+from allllm.data.tokenize import journal
+from allllm.data.tokenize.encode import EncodeTimings, Pieces, StreamEncoder
+from allllm.data.tokenize.plan import (
     Settings,
     ShardJob,
     WorkItem,
@@ -31,104 +30,14 @@ from allllm.data.tokenize_plan import (
     existing_shards,
     plan_tokenize,
 )
+from allllm.data.tokenize.summary import (
+    NoProgress,
+    ShardSummary,
+    TokenizeProgress,
+    TokenizeSummary,
+)
+from allllm.data.tokenize.write import ShardWriter
 from allllm.errors import DataError
-
-#: stages of ``TokenizeSummary.timings`` in pipeline order, in seconds: load and plan are wall
-#: time before encoding starts; encode (wall) and convert run on the encoder thread, overlapping
-#: the main thread's read, cut, render, hash and write (CPU time); wait is the main thread idle;
-#: finish is fsync, renames and meta (wall)
-TIMING_STAGES = ("load", "plan", "read", "cut", "encode", "convert", "wait", *WRITE_STAGES)
-
-
-class TokenizeProgress(Protocol):
-    """What the pipeline reports while it works (the CLI draws progress bars from it).
-
-    Bytes are input bytes on disk; ``advance`` counts toward the file named by the
-    latest ``begin_file`` (a shard may hold several files) and toward the total.
-    """
-
-    def begin(self, total_bytes: int, n_shards: int) -> None: ...
-    def begin_shard(self, name: str, nbytes: int) -> None: ...
-    def begin_file(self, name: str, nbytes: int) -> None: ...
-    def advance(self, nbytes: int, ntokens: int) -> None: ...
-    def end_shard(self) -> None: ...
-    def end(self) -> None: ...
-
-
-class NoProgress:
-    """A TokenizeProgress that shows nothing (``--quiet``, library calls); subclass it to
-    hook into the pipeline's progress."""
-
-    def begin(self, total_bytes: int, n_shards: int) -> None:
-        pass
-
-    def begin_shard(self, name: str, nbytes: int) -> None:
-        pass
-
-    def begin_file(self, name: str, nbytes: int) -> None:
-        pass
-
-    def advance(self, nbytes: int, ntokens: int) -> None:
-        pass
-
-    def end_shard(self) -> None:
-        pass
-
-    def end(self) -> None:
-        pass
-
-
-@dataclass
-class ShardSummary:
-    """One shard this run wrote."""
-
-    stem: str
-    shard_id: str
-    sources: list[str]
-    why: list[str]  # per source: new | appended | changed | forced
-    documents: int
-    tokens: int
-    rows: int
-    files: list[str]
-    supersedes: list[str] = field(default_factory=list)  # shard ids it replaces
-
-
-@dataclass
-class TokenizeSummary:
-    """What one ``allllm tokenize`` did (``--json`` prints ``to_dict()``)."""
-
-    sources: int = 0
-    up_to_date: list[str] = field(default_factory=list)  # source paths
-    shards: list[ShardSummary] = field(default_factory=list)
-    superseded: list[str] = field(default_factory=list)  # stems of shards now superseded
-    cleaned: list[str] = field(default_factory=list)  # stems a crashed run left, removed
-    warnings: list[str] = field(default_factory=list)
-    bytes: int = 0  # raw input bytes read
-    seconds: float = 0.0
-    timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMING_STAGES, 0.0))
-
-    @property
-    def documents(self) -> int:
-        return sum(s.documents for s in self.shards)
-
-    @property
-    def tokens(self) -> int:
-        return sum(s.tokens for s in self.shards)
-
-    @property
-    def rows(self) -> int:
-        return sum(s.rows for s in self.shards)
-
-    @property
-    def mb_per_s(self) -> float | None:
-        return self.bytes / 1e6 / self.seconds if self.seconds and self.bytes else None
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.update(
-            documents=self.documents, tokens=self.tokens, rows=self.rows, mb_per_s=self.mb_per_s
-        )
-        return data
 
 
 def _ensure_writable_dir(data_dir: Path) -> None:
@@ -236,7 +145,7 @@ def tokenize(
     size, the longest text handed to the tokenizer where it may be cut, the text
     per batch call, and the longest document held whole when it has no safe cut.
     """
-    from allllm.data.raw import resolve_sources, source_identity, source_sha256
+    from allllm.data.raw.sources import resolve_sources, source_identity, source_sha256
 
     started = time.perf_counter()
     progress = progress or NoProgress()
@@ -349,7 +258,7 @@ def _feed(
     Progress counts bytes on disk (compressed bytes for a ``.gz``), so every item
     advances by exactly its byte range, also where its text ends early.
     """
-    from allllm.data.raw import iter_batches
+    from allllm.data.raw.sources import iter_batches
 
     data_cfg = cfg.data
     for item in job.items:

@@ -21,8 +21,8 @@ from allllm.errors import ConfigError
 
 if TYPE_CHECKING:
     from allllm.config import Config
-    from allllm.inference import TrainedModel
     from allllm.tokenizer.manager import TokenizerManager
+    from allllm.use.trained import TrainedModel
 
 REPLACEMENT = "\ufffd"
 CONTEXT_IDS = 16  # prompt ids decoded with the new ones (SentencePiece spaces, byte sequences)

@@ -1,6 +1,6 @@
 """Terminal display of ``allllm tokenize``: progress bars over bytes and a summary table.
 
-Kept out of the library so ``allllm.data.tokenize`` can run headless (tests,
+Kept out of the library so ``allllm.data.tokenize.run`` can run headless (tests,
 scripts, other programs): the pipeline reports through the TokenizeProgress
 protocol and this module draws it with rich.
 """
@@ -21,7 +21,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from allllm.data.tokenize import TokenizeSummary
+from allllm.data.tokenize.run import TokenizeSummary
 
 
 def _short(name: str, width: int = 48) -> str:

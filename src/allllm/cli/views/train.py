@@ -21,7 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from allllm.sizes import format_count
+from allllm.model.sizes import format_count
 
 LOG_EVERY_S = 30.0  # without a terminal: one progress line at most this often
 

@@ -23,18 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from allllm.data import journal
-from allllm.data.shards import (
+from allllm.data.shard_format import (
     META_SUFFIX,
     ShardMeta,
     parse_shard_name,
     read_meta,
     shard_order_key,
 )
+from allllm.data.tokenize import journal
 from allllm.errors import DataError
 
 if TYPE_CHECKING:
-    from allllm.data.raw import RawSource
+    from allllm.data.raw.sources import RawSource
 
 PACK_LIMIT_BYTES = 256 << 20  # one packed shard holds at most this much input
 

@@ -28,7 +28,7 @@ from itertools import accumulate, compress
 from operator import add
 from typing import Any
 
-from allllm.data.raw_bytes import (
+from allllm.data.raw.byte_stream import (
     DECODE_HINT,
     SourceReader,
     blocks,

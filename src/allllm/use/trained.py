@@ -118,8 +118,8 @@ def load_trained(
     from allllm.model import empty_model
     from allllm.train.checkpoint import load_model_state
     from allllm.train.precision import pick_device
-    from allllm.train.session import architecture_differences
-    from allllm.train.state_io import load_model_state as load_into
+    from allllm.train.start import architecture_differences
+    from allllm.train.state_dicts import load_model_state as load_into
 
     ref = find_trained_checkpoint(cfg, step, warn=warn)
     state = ref.read_state()

@@ -1,7 +1,7 @@
 """``allllm status``: what a model has seen, what is new, what is wrong (DESIGN.md §9).
 
 :func:`build_status` returns one JSON-serializable dict; ``status --json`` prints
-it and :func:`allllm.status_view.render_status` draws it as a table. It never
+it and :func:`allllm.cli.views.status.render_status` draws it as a table. It never
 writes anything (a broken ``seen_datasets.json`` is reported, not repaired; the
 next ``train`` repairs it) and never imports torch unless a legacy shard must be
 read under ``trust_unverified``. The tokenizer is loaded only when there are

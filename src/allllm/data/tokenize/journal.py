@@ -20,9 +20,9 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from allllm.data.shards import INFLIGHT_DIR, STATE_DIR
+from allllm.data.shard_format import INFLIGHT_DIR, STATE_DIR
 from allllm.errors import DataError
-from allllm.fsutil import atomic_write_text, fsync_dir
+from allllm.util.atomic import atomic_write_text, fsync_dir
 
 
 def inflight_dir(data_dir: Path) -> Path:

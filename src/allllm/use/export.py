@@ -1,9 +1,9 @@
 """``allllm export``: a checkpoint as a Hugging Face model directory.
 
 The directory holds ``config.json`` and ``model.safetensors`` (written by
-:func:`allllm.model.hf.to_hf`: PhiForCausalLM or LlamaForCausalLM, whichever
+:func:`allllm.hf.weights.to_hf`: PhiForCausalLM or LlamaForCausalLM, whichever
 computes the model exactly), ``generation_config.json`` (BOS/EOS/PAD ids),
-the tokenizer files (:mod:`allllm.export_tokenizer`) and ``allllm_export.json``
+the tokenizer files (:mod:`allllm.hf.tokenizer_export`) and ``allllm_export.json``
 (where it came from: config, step, tokens seen, tokenizer fingerprint).
 ``AutoModelForCausalLM.from_pretrained(DIR)`` gives the logits allllm gives.
 
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from allllm import __version__
 from allllm.errors import CheckpointError
-from allllm.fsutil import atomic_write_text
+from allllm.util.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     from allllm.config import Config
@@ -103,10 +103,10 @@ def export_model(
     warn: Warn | None = None,
 ) -> ExportResult:
     """Write the model of ``cfg`` at ``step`` (default: latest) as a Hugging Face folder."""
-    from allllm.export_tokenizer import export_tokenizer
-    from allllm.inference import load_trained
-    from allllm.model.hf import to_hf
-    from allllm.model.hf_config import hf_family_for
+    from allllm.hf.config_map import hf_family_for
+    from allllm.hf.tokenizer_export import export_tokenizer
+    from allllm.hf.weights import to_hf
+    from allllm.use.trained import load_trained
 
     torch_dtype = _torch_dtype(dtype)
     family = hf_family_for(cfg.model)  # an architecture HF cannot compute fails before any I/O

@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from allllm.data.raw_split import PieceBatch, SourceSplitter
-from allllm.data.shards import parse_shard_name
+from allllm.data.raw.split import PieceBatch, SourceSplitter
+from allllm.data.shard_format import parse_shard_name
 from allllm.errors import DataError
 
 if TYPE_CHECKING:

@@ -1,4 +1,4 @@
-"""Draw the ``allllm status`` report (:func:`allllm.status.build_status`) with rich.
+"""Draw the ``allllm status`` report (:func:`allllm.use.status.build_status`) with rich.
 
 Kept apart from the report so scripts get the same facts from ``--json`` and
 the table never holds a fact the JSON lacks.
@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from allllm.sizes import format_count
+from allllm.model.sizes import format_count
 
 _STYLE = {
     "new": "green",

@@ -1,6 +1,6 @@
 """Terminal display of ``allllm eval``: a progress bar over rows and the result table.
 
-Kept out of :mod:`allllm.evaluation` so evaluation runs headless (tests, scripts).
+Kept out of :mod:`allllm.use.evaluate` so evaluation runs headless (tests, scripts).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from allllm.evaluation import EvalResult
+from allllm.use.evaluate import EvalResult
 
 ROLES = {"validation": "validation rows", "eval_shard": "eval shard (all rows)", "all": "all rows"}
 

@@ -35,9 +35,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from allllm.data.gc_pause import gc_paused
 from allllm.errors import DataError
 from allllm.tokenizer.base import CutRule
+from allllm.util.gc_pause import gc_paused
 
 # an array typecode of 4-byte unsigned ints ("I" on every platform numpy supports, checked here)
 _U32 = next(code for code in "IL" if array.array(code).itemsize == 4)

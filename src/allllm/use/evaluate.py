@@ -27,7 +27,7 @@ from allllm.errors import DataError
 if TYPE_CHECKING:
     from allllm.config import Config
     from allllm.data.registry import ScanResult, ShardEntry
-    from allllm.inference import TrainedModel
+    from allllm.use.trained import TrainedModel
 
 Warn = Callable[[str], None]
 
@@ -146,8 +146,8 @@ def evaluate_model(
     from allllm.data.dataset import ShardDataset
     from allllm.data.registry import ScanSpec, TokenizerIdentity, scan_shards
     from allllm.data.seen import SeenMap
-    from allllm.train.evaluate import evaluate_rows
     from allllm.train.precision import resolve_precision
+    from allllm.train.validation import evaluate_rows
 
     cfg, state = trained.cfg, trained.state
     ident = TokenizerIdentity.from_description(trained.tokenizer.describe())

@@ -2,7 +2,7 @@
 
 It makes a workspace (default ``./allllm-demo``) with the ``tiny`` preset as
 ``configs/tiny.json`` and a corpus of the running Python's own docstrings
-(:mod:`allllm.demo_corpus`), then runs what a user runs, explaining each step:
+(:mod:`allllm.demo.corpus`), then runs what a user runs, explaining each step:
 tokenize → ``train --only-new`` → status → generate; then a second raw file
 arrives, is tokenized, and ``train --only-new`` trains only its shard,
 continuing from the first run's checkpoint; then eval and plot. Every step is
@@ -39,13 +39,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from allllm.errors import AllllmError, ConfigError
-from allllm.fsutil import atomic_write_text
+from allllm.util.atomic import atomic_write_text
 
 if TYPE_CHECKING:
-    from allllm.data.tokenize import TokenizeProgress, TokenizeSummary
-    from allllm.evaluation import EvalProgress, EvalResult
-    from allllm.generate_text import GenerationResult
-    from allllm.train.session import Reporter
+    from allllm.data.tokenize.run import TokenizeProgress, TokenizeSummary
+    from allllm.train.start import Reporter
+    from allllm.use.evaluate import EvalProgress, EvalResult
+    from allllm.use.generate import GenerationResult
 
 DEFAULT_DIR = "allllm-demo"
 MARKER = ".allllm-demo"
@@ -139,7 +139,7 @@ class QuietDemoUI:
         self.lines.append(f"tokenized {len(summary.shards)} shard(s)")
 
     def train_reporter(self) -> Reporter:
-        from allllm.train.session import QuietReporter
+        from allllm.train.start import QuietReporter
 
         return QuietReporter()
 
@@ -241,7 +241,7 @@ class _Demo:
 
     def tokenize(self) -> TokenizeSummary:
         from allllm.config import load_config
-        from allllm.data.tokenize import tokenize
+        from allllm.data.tokenize.run import tokenize
 
         summary = tokenize(
             load_config(MODEL), progress=self.ui.tokenize_progress(), warn=self.ui.warn
@@ -251,8 +251,8 @@ class _Demo:
 
     def train(self) -> dict[str, Any]:
         from allllm.config import load_config
-        from allllm.train.session import TrainOptions
-        from allllm.train.trainer import train
+        from allllm.train.session import train
+        from allllm.train.start import TrainOptions
 
         reporter = self.ui.train_reporter()
         try:
@@ -272,8 +272,8 @@ class _Demo:
 
     def status(self) -> dict[str, Any]:
         from allllm.config import load_config
-        from allllm.status import build_status
         from allllm.train.checkpoint import checkpoint_summary
+        from allllm.use.status import build_status
 
         cfg = load_config(MODEL)
         report = build_status(
@@ -285,8 +285,8 @@ class _Demo:
 
     def generate(self) -> GenerationResult:
         from allllm.config import load_config
-        from allllm.generate_text import SamplingSettings, generate_text
-        from allllm.inference import load_trained
+        from allllm.use.generate import SamplingSettings, generate_text
+        from allllm.use.trained import load_trained
 
         s = self.settings
         trained = load_trained(load_config(MODEL), device="cpu", warn=self.ui.warn)
@@ -336,8 +336,8 @@ def run_demo(
 
 def _first_half(demo: _Demo, directory: Path, rerun: bool) -> None:
     from allllm.config import load_config
-    from allllm.demo_corpus import build_corpus, stdlib_dir
-    from allllm.sizes import count_parameters, format_count
+    from allllm.demo.corpus import build_corpus, stdlib_dir
+    from allllm.model.sizes import count_parameters, format_count
 
     ui, settings = demo.ui, demo.settings
     config = write_demo_config(settings.config)
@@ -442,7 +442,7 @@ def _second_half(demo: _Demo) -> None:
 
 def shard_stems(run: dict[str, Any]) -> list[str]:
     """The shard names (file stems) a ``runs.jsonl`` line trained."""
-    from allllm.data.shards import parse_shard_name
+    from allllm.data.shard_format import parse_shard_name
 
     stems = []
     for files in (run.get("shard_files") or {}).values():
@@ -454,9 +454,9 @@ def shard_stems(run: dict[str, Any]) -> list[str]:
 
 def _measure(demo: _Demo) -> None:
     from allllm.config import load_config
-    from allllm.evaluation import evaluate_model
-    from allllm.inference import load_trained
-    from allllm.plot import PLOT_HINT, plot_losses
+    from allllm.use.evaluate import evaluate_model
+    from allllm.use.plot import PLOT_HINT, plot_losses
+    from allllm.use.trained import load_trained
 
     ui = demo.ui
     cfg = load_config(MODEL)

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from allllm import __version__
 from allllm.errors import DataError
-from allllm.fsutil import atomic_write_text
+from allllm.util.atomic import atomic_write_text
 
 FORMAT_VERSION = 1
 META_SUFFIX = ".meta.json"

@@ -1,6 +1,6 @@
 """Terminal display of ``allllm demo``: each step's sentence and command, then what the verb shows.
 
-The demo reports through :class:`allllm.demo.DemoUI`; this implementation reuses the
+The demo reports through :class:`allllm.demo.run.DemoUI`; this implementation reuses the
 verbs' own views (tokenize, train, status, eval), so the demo looks like the
 commands it explains.
 """
@@ -14,10 +14,10 @@ from rich.console import Console
 from rich.markup import escape
 
 if TYPE_CHECKING:
-    from allllm.data.tokenize import TokenizeProgress, TokenizeSummary
-    from allllm.evaluation import EvalProgress
-    from allllm.generate_text import GenerationResult
-    from allllm.train.session import Reporter
+    from allllm.data.tokenize.run import TokenizeProgress, TokenizeSummary
+    from allllm.train.start import Reporter
+    from allllm.use.evaluate import EvalProgress
+    from allllm.use.generate import GenerationResult
 
 
 class RichDemoUI:
@@ -41,22 +41,22 @@ class RichDemoUI:
         self.err_console.print(f"[yellow]warning:[/yellow] {escape(text)}", soft_wrap=True)
 
     def tokenize_progress(self) -> TokenizeProgress | None:
-        from allllm.tokenize_view import RichTokenizeProgress
+        from allllm.cli.views.tokenize import RichTokenizeProgress
 
         return RichTokenizeProgress(self.console)
 
     def tokenized(self, summary: TokenizeSummary) -> None:
-        from allllm.tokenize_view import render_summary
+        from allllm.cli.views.tokenize import render_summary
 
         render_summary(summary, self.console)
 
     def train_reporter(self) -> Reporter:
-        from allllm.train_view import RichTrainReporter
+        from allllm.cli.views.train import RichTrainReporter
 
         return RichTrainReporter(self.console, self.err_console)
 
     def status(self, report: dict[str, Any]) -> None:
-        from allllm.status_view import render_status
+        from allllm.cli.views.status import render_status
 
         render_status(report, self.console)
 
@@ -76,6 +76,6 @@ class RichDemoUI:
         )
 
     def eval_progress(self) -> EvalProgress | None:
-        from allllm.eval_view import RichEvalProgress
+        from allllm.cli.views.eval import RichEvalProgress
 
         return RichEvalProgress(self.err_console)

@@ -29,7 +29,7 @@ from allllm.data.dataset import ShardDataset
 from allllm.data.tokenize.run import tokenize
 from allllm.train import session as trainer_mod
 from allllm.train.metrics import METRICS_FILE, read_jsonl
-from allllm.train.start import QuietReporter, TrainOptions
+from allllm.train.options import QuietReporter, TrainOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path("/work/shared/corpus/shakespeare")

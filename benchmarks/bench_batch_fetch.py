@@ -58,7 +58,7 @@ def time_steps(cfg, ids: torch.Tensor, lengths: torch.Tensor, steps: int) -> flo
     for i in range(steps + 1):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        total, count = model(ids, lengths, return_loss=True)
+        total, count = model(ids, lengths)
         (total / count).backward()
         opt.step()
         if i:

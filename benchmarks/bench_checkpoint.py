@@ -45,7 +45,8 @@ import torch
 
 from _machine import machine_description
 from allllm.config import ModelConfig, TrainConfig, load_config_file
-from allllm.model import build_model, empty_model
+from allllm.hf import build_model
+from allllm.model import empty_model
 from allllm.train import checkpoint as ckpt_io
 from allllm.train.optim import make_optimizer
 from allllm.train.state_dicts import (

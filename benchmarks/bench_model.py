@@ -58,14 +58,14 @@ def hf_twin(model: Transformer, attn: str, device: str) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 
     with tempfile.TemporaryDirectory() as tmp:
-        to_hf(model, model.config, tmp)
+        to_hf(model, tmp)
         hf = AutoModelForCausalLM.from_pretrained(tmp, attn_implementation=attn)
     return hf.to(device)
 
 
 def ours_step(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     def loss(ids: torch.Tensor) -> torch.Tensor:
-        total, count = model(ids, return_loss=True)
+        total, count = model(ids)
         return total / count
 
     return loss
@@ -120,7 +120,7 @@ def time_forward(
 
     def fwd() -> None:
         with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
-            model(input_ids=ids) if hf else model(ids)
+            model(input_ids=ids) if hf else model.logits(ids)
 
     fwd()
     sync(device)

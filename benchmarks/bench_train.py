@@ -88,8 +88,8 @@ def plain_hf_model(cfg: Config) -> torch.nn.Module:
     """``PhiForCausalLM`` with the config in HF terms and the weights ``train()`` starts from."""
     from transformers import PhiConfig, PhiForCausalLM
 
-    from allllm.hf.weights import hf_state_dict
-    from allllm.model import build_model
+    from allllm.hf import build_model
+    from allllm.hf.weights_out import hf_state_dict
 
     m = cfg.model
     hf_cfg = PhiConfig(
@@ -129,13 +129,13 @@ def hf_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 
 def ours_loss(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
-    total, count = model(ids, return_loss=True)
+    total, count = model(ids)
     return total / count
 
 
 def plain_ours_model(cfg: Config) -> torch.nn.Module:
     """allllm's Transformer with the weights ``train()`` starts from (for the same plain loop)."""
-    from allllm.model import build_model
+    from allllm.hf import build_model
 
     torch.manual_seed(cfg.train.seed)
     return build_model(cfg.model, init_from=None)

@@ -27,10 +27,10 @@ from allllm.data.shard_format import (
     numpy_dtype,
     shard_file,
     unique_stem,
-    utc_iso,
     write_meta,
 )
 from allllm.data.tokenize.jsonl_render import rows_to_jsonl
+from allllm.util.clock import utc_iso
 
 TEST_FINGERPRINT = "f" * 64
 

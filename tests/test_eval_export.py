@@ -48,7 +48,7 @@ def _manual_loss(model: torch.nn.Module, ds: ShardDataset, rows: np.ndarray) -> 
     with torch.no_grad():
         for r in rows:
             ids, n = ds[int(r)]
-            logits = model(ids[None, :n])[0]
+            logits = model.logits(ids[None, :n])[0]
             total += float(F.cross_entropy(logits[:-1], ids[1:n], reduction="sum"))
             count += n - 1
     return total, count
@@ -101,7 +101,7 @@ def _assert_transformers_agree(
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
     with torch.no_grad():
         torch.testing.assert_close(
-            hf_model(input_ids=ids).logits, trained.model(ids), rtol=0, atol=1e-4
+            hf_model(input_ids=ids).logits, trained.model.logits(ids), rtol=0, atol=1e-4
         )
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(out))
     assert hf_tok(text, add_special_tokens=False).input_ids == trained.tokenizer.encode(text)

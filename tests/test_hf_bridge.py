@@ -14,8 +14,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from allllm.errors import AllllmError, CheckpointError, ConfigError
-from allllm.hf.weights import hf_state_dict
-from allllm.model import Transformer, build_model, from_hf, generate, to_hf
+from allllm.hf import build_model, from_hf, to_hf
+from allllm.hf.weights_out import hf_state_dict
+from allllm.model import Transformer, generate
 from model_helpers import CONFIGS, randomize, tiny_config
 
 transformers = pytest.importorskip("transformers", reason="the HF bridge tests need transformers")
@@ -63,7 +64,7 @@ def test_hf_to_ours_logits_loss_and_gradients(name: str, tmp_path: Path) -> None
 
     out = ref(input_ids=ids, labels=ids)
     total, count = ours.loss(ids)
-    torch.testing.assert_close(ours(ids), out.logits, rtol=0, atol=1e-4)
+    torch.testing.assert_close(ours.logits(ids), out.logits, rtol=0, atol=1e-4)
     torch.testing.assert_close(total / count, out.loss, rtol=0, atol=1e-5)
 
     out.loss.backward()
@@ -79,12 +80,12 @@ def test_ours_to_hf_logits_and_greedy_generation(name: str, tmp_path: Path) -> N
     ours = Transformer(tiny_config(**CONFIGS[name]))
     randomize(ours, seed=3)
     ours.eval()
-    to_hf(ours, ours.config, tmp_path, bos_id=1, eos_id=2)
+    to_hf(ours, tmp_path, bos_id=1, eos_id=2)
     ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="sdpa")
     ref.eval()
     ids = batch()
     with torch.no_grad():
-        torch.testing.assert_close(ours(ids), ref(input_ids=ids).logits, rtol=0, atol=1e-4)
+        torch.testing.assert_close(ours.logits(ids), ref(input_ids=ids).logits, rtol=0, atol=1e-4)
     prompt = ids[:1, :4]
     expected = ref.generate(prompt, max_new_tokens=8, do_sample=False, eos_token_id=None)
     assert torch.equal(generate(ours, prompt, 8, temperature=0.0), expected)
@@ -95,7 +96,7 @@ def test_ours_to_hf_logits_and_greedy_generation(name: str, tmp_path: Path) -> N
 def test_tied_export_stores_the_embedding_once(tmp_path: Path) -> None:
     torch.manual_seed(0)
     ours = Transformer(tiny_config(**CONFIGS["llama-tied"]))
-    to_hf(ours, ours.config, tmp_path)
+    to_hf(ours, tmp_path)
     assert "lm_head.weight" not in load_file(tmp_path / "model.safetensors")
     ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
     assert ref.lm_head.weight.data_ptr() == ref.model.embed_tokens.weight.data_ptr()
@@ -105,11 +106,13 @@ def test_bias_free_phi_exports_with_zero_biases(tmp_path: Path) -> None:
     torch.manual_seed(0)
     ours = Transformer(tiny_config(bias=False, lm_head_bias=False))
     randomize(ours, seed=4)
-    to_hf(ours, ours.config, tmp_path)
+    to_hf(ours, tmp_path)
     ref = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     ids = batch()
     with torch.no_grad():
-        torch.testing.assert_close(ours.eval()(ids), ref(input_ids=ids).logits, rtol=0, atol=1e-4)
+        torch.testing.assert_close(
+            ours.eval().logits(ids), ref(input_ids=ids).logits, rtol=0, atol=1e-4
+        )
 
 
 def test_sharded_safetensors_and_bin_checkpoints_load(tmp_path: Path) -> None:
@@ -127,13 +130,13 @@ def test_sharded_safetensors_and_bin_checkpoints_load(tmp_path: Path) -> None:
         expected = ref(input_ids=ids).logits
         for folder in (sharded, binary):
             ours, _ = from_hf(folder)
-            torch.testing.assert_close(ours.eval()(ids), expected, rtol=0, atol=1e-4)
+            torch.testing.assert_close(ours.eval().logits(ids), expected, rtol=0, atol=1e-4)
 
 
 def test_our_sharded_export_round_trips(tmp_path: Path) -> None:
     torch.manual_seed(0)
     ours = Transformer(tiny_config(**CONFIGS["phi-qk-layernorm"]))
-    to_hf(ours, ours.config, tmp_path, max_shard_bytes=50_000)
+    to_hf(ours, tmp_path, max_shard_bytes=50_000)
     assert (tmp_path / "model.safetensors.index.json").is_file()
     back, cfg = from_hf(tmp_path)
     assert cfg.architecture() == ours.config.architecture()
@@ -222,12 +225,12 @@ def test_offline_hub_id_says_how_to_use_a_local_copy(
 def test_export_refuses_what_hf_cannot_compute_and_existing_models(tmp_path: Path) -> None:
     mixed = Transformer(tiny_config(**CONFIGS["mixed-rms-gelu-qknorm"]))
     with pytest.raises(ConfigError, match="PhiForCausalLM needs norm='rmsnorm'"):
-        to_hf(mixed, mixed.config, tmp_path / "mixed")
+        to_hf(mixed, tmp_path / "mixed")
     model = Transformer(tiny_config())
-    to_hf(model, model.config, tmp_path / "once")
+    to_hf(model, tmp_path / "once")
     with pytest.raises(CheckpointError, match="already holds a model"):
-        to_hf(model, model.config, tmp_path / "once")
-    to_hf(model, model.config, tmp_path / "once", overwrite=True)
+        to_hf(model, tmp_path / "once")
+    to_hf(model, tmp_path / "once", overwrite=True)
 
 
 # -- model.init_from -----------------------------------------------------------------------------

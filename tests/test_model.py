@@ -15,17 +15,18 @@ import torch
 import torch.nn.functional as F
 
 from allllm.config import parse_config
+from allllm.hf import build_model
 from allllm.model import (
     IGNORE_INDEX,
     KVCache,
     Transformer,
-    build_model,
     generate,
     linear_cross_entropy,
     sample_next,
     shifted_targets,
 )
 from allllm.model.sizes import count_parameters, flops_per_token
+from allllm.train.parallelize import checkpoint_block
 from model_helpers import CONFIGS, randomize, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -131,7 +132,7 @@ def test_model_loss_is_the_causal_lm_loss_over_valid_positions() -> None:
     ids = torch.randint(0, 101, (3, 12), generator=torch.Generator().manual_seed(1))
     lengths = torch.tensor([12, 5, 1])
     total, count = model.loss(ids, lengths)
-    logits = model(ids)
+    logits = model.logits(ids)
     targets = shifted_targets(ids, lengths)
     expected = F.cross_entropy(logits.view(-1, 101), targets.view(-1), reduction="sum")
     assert count.item() == 11 + 4 + 0
@@ -164,7 +165,9 @@ def test_activation_checkpointing_gives_identical_gradients() -> None:
     for recompute in (False, True):
         model = make_model("phi-qk-layernorm", dropout=0.1)  # dropout: RNG must replay too
         model.train()
-        model.activation_checkpointing = recompute
+        if recompute:
+            for block in model.blocks:
+                checkpoint_block(block)
         torch.manual_seed(5)
         total, count = model.loss(ids)
         (total / count).backward()
@@ -175,17 +178,18 @@ def test_activation_checkpointing_gives_identical_gradients() -> None:
 
 def test_compiles_with_checkpointing_and_bf16_autocast() -> None:
     model = make_model("llama-tied")
-    model.activation_checkpointing = True
+    for block in model.blocks:
+        checkpoint_block(block)
     ids = torch.randint(0, 101, (2, 12), generator=torch.Generator().manual_seed(4))
     eager_total, _ = model.loss(ids)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
-    total, count = compiled(ids, return_loss=True)
+    total, count = compiled(ids)
     (total / count).backward()
     torch.testing.assert_close(total, eager_total, rtol=1e-6, atol=1e-5)
     assert all(p.grad is not None for p in model.parameters())
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        bf16_total, _ = compiled(ids, return_loss=True)
-        logits = model(ids)
+        bf16_total, _ = compiled(ids)
+        logits = model.logits(ids)
     assert logits.dtype == torch.bfloat16
     assert bf16_total.dtype == torch.float32
     torch.testing.assert_close(bf16_total, eager_total, rtol=0.05, atol=0.0)
@@ -199,11 +203,11 @@ def test_cached_decoding_gives_the_full_forward_logits(name: str) -> None:
     model = make_model(name).eval()
     ids = torch.randint(0, 101, (2, 14), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        full = model(ids)
+        full = model.logits(ids)
         cache = KVCache(model.config, batch=2, max_len=14)
-        parts = [model(ids[:, :6], cache=cache)]  # prefill
-        parts.append(model(ids[:, 6:10], cache=cache))  # a chunk after cached positions
-        parts += [model(ids[:, t : t + 1], cache=cache) for t in range(10, 14)]  # decode
+        parts = [model.logits(ids[:, :6], cache=cache)]  # prefill
+        parts.append(model.logits(ids[:, 6:10], cache=cache))  # a chunk after cached positions
+        parts += [model.logits(ids[:, t : t + 1], cache=cache) for t in range(10, 14)]  # decode
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-4)
     assert cache.pos == 14
 
@@ -248,10 +252,10 @@ def test_rotary_tables_grow_and_stay_fp32() -> None:
     model = make_model("llama-gqa", max_position_embeddings=16).eval()
     ids = torch.randint(0, 101, (1, 40), generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
-        long = model(ids)  # beyond the table: it grows (HF computes any position too)
-        torch.testing.assert_close(long[:, :16], model(ids[:, :16]), rtol=1e-5, atol=1e-5)
+        long = model.logits(ids)  # beyond the table: it grows (HF computes any position too)
+        torch.testing.assert_close(long[:, :16], model.logits(ids[:, :16]), rtol=1e-5, atol=1e-5)
         cached = generate(model, ids[:, :10], 30, temperature=0.0)
         assert torch.equal(cached, generate(model, ids[:, :10], 30, 0.0, use_cache=False))
         model.to(torch.bfloat16)  # casts the buffers; the tables are rebuilt in fp32
-        assert model(ids).dtype == torch.bfloat16
+        assert model.logits(ids).dtype == torch.bfloat16
     assert model.rope.cos.dtype == torch.float32 and model.rope.cos.shape[0] >= 40

@@ -59,7 +59,8 @@ def test_missing_file_is_empty_or_the_checkpoints_map(path: Path) -> None:
     ("edit", "message"),
     [
         (lambda d: d["shards"][A].update(rows="3"), "rows: Input should be a valid integer"),
-        (lambda d: d.update(format_version=2), "unknown format_version 2"),
+        # a newer format_version is not a broken file: test_format_versions.py
+        (lambda d: d.update(format_version="1"), "format_version: Input should be a valid integer"),
         (lambda d: d["shards"][A].update(colour="red"), "colour: Extra inputs are not permitted"),
         (
             lambda d: d["shards"][A].update(step=-1),

@@ -16,9 +16,9 @@ from allllm.data.tokenize.run import tokenize
 from allllm.errors import CheckpointError, DataError
 from allllm.train import checkpoint as ckpt_io
 from allllm.train.checkpoint import MARKER_FILE, latest_checkpoint, list_checkpoints
+from allllm.train.options import QuietReporter, TrainOptions
 from allllm.train.schedule import effective_warmup, lr_at
 from allllm.train.session import train
-from allllm.train.start import QuietReporter, TrainOptions
 from train_helpers import add_raw, make_workspace, same_weights, weights
 
 CKPT = Path("checkpoints/micro")

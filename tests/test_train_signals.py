@@ -98,7 +98,7 @@ def test_stop_signals_save_and_exit(
     ref = latest_checkpoint(root / "checkpoints/micro")
     assert ref is not None
     state = ref.read_state()
-    assert state["run_complete"] is False
+    assert state.run_complete is False
     last = json.loads((root / "checkpoints/micro/metrics.jsonl").read_text().splitlines()[-1])
     assert ref.step == last["step"]  # saved at the step the signal interrupted
     cli(root, "train", "--model", "micro", "--only-new", "--quiet")

@@ -13,8 +13,8 @@ from allllm.data.tokenize.run import tokenize
 from allllm.errors import CheckpointError, LockError
 from allllm.train.checkpoint import latest_checkpoint, list_checkpoints
 from allllm.train.lock import checkpoint_dir_lock
+from allllm.train.options import QuietReporter, TrainOptions
 from allllm.train.session import train
-from allllm.train.start import QuietReporter, TrainOptions
 from train_helpers import add_raw, make_workspace, same_weights, weights
 
 

@@ -33,8 +33,8 @@ def trained_workspace(
     """A micro workspace (``make_workspace`` overrides), tokenized and trained once."""
     from allllm.config import load_config
     from allllm.data.tokenize.run import tokenize
+    from allllm.train.options import QuietReporter, TrainOptions
     from allllm.train.session import train
-    from allllm.train.start import QuietReporter, TrainOptions
 
     make_workspace(root, n_files=n_files, **overrides)
     with inside(root):

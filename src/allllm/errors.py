@@ -48,3 +48,11 @@ class CheckpointError(AllllmError):
 
 class LockError(AllllmError):
     """Another process holds the checkpoint directory."""
+
+
+class FormatVersionError(AllllmError):
+    """A file was written by a newer allllm, in a format this one cannot read.
+
+    Never a subclass of the corruption errors above: a file of a newer format
+    is valid, so nothing may fall back, rebuild or start over because of it.
+    """

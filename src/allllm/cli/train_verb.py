@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -17,9 +17,6 @@ from allllm.cli.app import (
     make_console,
     print_json,
 )
-
-if TYPE_CHECKING:
-    pass
 
 # train ----------------------------------------------------------------------------------------
 
@@ -74,6 +71,14 @@ def train_cmd(
     trust_unverified: Annotated[
         bool, typer.Option("--trust-unverified", help="Validate and use shards without meta.")
     ] = False,
+    start_fresh: Annotated[
+        bool,
+        typer.Option(
+            "--start-fresh",
+            help="When checkpoints exist but none is usable: move them and their seen records "
+            "aside and train from fresh weights.",
+        ),
+    ] = False,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -82,7 +87,7 @@ def train_cmd(
     Example: allllm train --model tiny --only-new --max-time 10m
     """
     from allllm.config import load_config, parse_duration
-    from allllm.train.start import TrainOptions
+    from allllm.train.options import TrainOptions
 
     cfg = load_config(model, config)
     seconds = None
@@ -103,6 +108,7 @@ def train_cmd(
         from_checkpoint=from_checkpoint,
         device=device,
         trust_unverified=trust_unverified,
+        start_fresh=start_fresh,
     )
     from allllm.cli.views.train import RichTrainReporter, render_dry_run
     from allllm.train.distributed import env_dist_info

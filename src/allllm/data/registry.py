@@ -46,6 +46,7 @@ from allllm.data.registry_entries import (
 from allllm.data.seen import SHARD_ID_RE, SeenMap, SeenRecord
 from allllm.data.shard_format import (
     DATA_SUFFIXES,
+    FORMAT_VERSION,
     META_SUFFIX,
     ShardMeta,
     parse_shard_name,
@@ -169,12 +170,14 @@ def _best_effort_id(meta_path: Path) -> str | None:
 
 
 def _read_meta_fast(path: str) -> ShardMeta | None:
-    """The hot path of a scan: bytes, json, one pydantic validation. None if anything is off."""
+    """The hot path of a scan: bytes, json, one pydantic validation. None if anything is off
+    (or the meta is of another format_version: :func:`read_meta` migrates or refuses it)."""
     try:
         with open(path, "rb") as fh:
-            return ShardMeta.model_validate(json.loads(fh.read()))
+            meta = ShardMeta.model_validate(json.loads(fh.read()))
     except (OSError, ValueError):  # JSONDecodeError and ValidationError are ValueErrors
         return None
+    return meta if meta.format_version == FORMAT_VERSION else None
 
 
 def _inspect_meta_shard(

@@ -5,8 +5,11 @@ cumulative map (``trainer_state.json`` carries the same map): the checkpoint is
 the truth and the file is what users and scripts read. This module is the only
 code that reads or writes the file, so its schema is checked in one place:
 
-- reads are strict — a hand-edited file with ``rows`` as a string, an unknown
-  ``format_version`` or an unknown key is *unreadable*, never half-trusted;
+- reads are strict — a hand-edited file with ``rows`` as a string or an
+  unknown key is *unreadable*, never half-trusted;
+- versions follow :mod:`allllm.util.versions`: an older ``format_version`` is
+  migrated, a newer one (a newer allllm wrote the file) is a one-line error,
+  never taken for a broken file and never rebuilt;
 - writes are atomic (temp file, fsync, rename), so a crash leaves the old file;
 - an unreadable file is never overwritten silently: it is rebuilt from the
   latest checkpoint (the broken one kept as ``seen_datasets.json.corrupt-<ts>``)
@@ -23,21 +26,17 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StringConstraints,
-    ValidationError,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
-from allllm.data.shard_format import utc_timestamp
 from allllm.errors import DataError
 from allllm.util.atomic import atomic_write_text
+from allllm.util.clock import utc_timestamp
+from allllm.util.versions import FileFormat
 
 SEEN_FILE = "seen_datasets.json"
-SEEN_FORMAT_VERSION = 1
+#: seen_datasets.json: version 1 is the only one so far (older versions would migrate here)
+SEEN_FORMAT = FileFormat("seen records", current=1)
+SEEN_FORMAT_VERSION = SEEN_FORMAT.current
 SHARD_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 
 _log = logging.getLogger("allllm")
@@ -66,15 +65,6 @@ class _SeenFile(BaseModel):
 
     format_version: int
     shards: dict[ShardId, SeenRecord]
-
-    @field_validator("format_version")
-    @classmethod
-    def _known_version(cls, v: int) -> int:
-        if v != SEEN_FORMAT_VERSION:
-            raise ValueError(
-                f"unknown format_version {v} (this allllm reads {SEEN_FORMAT_VERSION})"
-            )
-        return v
 
 
 class SeenMap:
@@ -130,11 +120,14 @@ class SeenMap:
     ) -> SeenMap:
         """Validate the §6 object (or, with ``allow_bare``, its bare ``shards`` mapping).
 
-        Anything else is a DataError naming ``source`` and the first wrong field.
+        Anything else is a DataError naming ``source`` and the first wrong field; a newer
+        ``format_version`` is a FormatVersionError (never a broken file).
         """
         bare = isinstance(data, dict) and "format_version" not in data and "shards" not in data
         if allow_bare and bare:
             data = {"format_version": SEEN_FORMAT_VERSION, "shards": data}  # a bare shards map
+        if SEEN_FORMAT.version_of(data) is not None:
+            data = SEEN_FORMAT.upgrade(data, source)
         try:
             parsed = _SeenFile.model_validate(data)
         except ValidationError as exc:

@@ -14,7 +14,6 @@ A shard is the files sharing one stem ``<source>.cached.<seq_len>.<ts>[.<k>]``:
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import re
@@ -30,8 +29,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from allllm import __version__
 from allllm.errors import DataError
 from allllm.util.atomic import atomic_write_text
+from allllm.util.versions import FileFormat
 
-FORMAT_VERSION = 1
+#: <stem>.meta.json: version 1 is the only one so far (older versions would migrate here)
+META_FORMAT = FileFormat("shard meta", current=1)
+FORMAT_VERSION = META_FORMAT.current
 META_SUFFIX = ".meta.json"
 DATA_SUFFIXES = {"jsonl": ".jsonl", "bin": ".bin"}
 STATE_DIR = ".allllm"  # data/.allllm: journal and caches, never user data
@@ -65,18 +67,6 @@ def parse_shard_name(filename: str) -> ShardName | None:
         "meta" if suffix == META_SUFFIX else ("jsonl" if suffix == ".jsonl" else "bin")
     )
     return ShardName(m["stem"], m["source"], int(m["seq_len"]), m["ts"], role)
-
-
-def utc_timestamp(now: _dt.datetime | None = None) -> str:
-    """UTC ``YYYYmmdd_HHMMSS`` for shard names."""
-    now = now or _dt.datetime.now(_dt.timezone.utc)
-    return now.astimezone(_dt.timezone.utc).strftime("%Y%m%d_%H%M%S")
-
-
-def utc_iso(now: _dt.datetime | None = None) -> str:
-    """UTC ISO-8601 with a ``Z`` (meta ``created``, seen records ``completed``)."""
-    now = now or _dt.datetime.now(_dt.timezone.utc)
-    return now.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def shard_stem(source_stem: str, seq_len: int, timestamp: str) -> str:
@@ -253,8 +243,6 @@ class ShardMeta(_MetaModel):
 
     def check_consistent(self) -> str | None:
         """A reason the meta contradicts itself, or None."""
-        if self.format_version > FORMAT_VERSION:
-            return f"format_version {self.format_version} is newer than this allllm supports"
         if self.n_rows == 0:
             if self.n_tokens or self.last_row_len:
                 return "meta counts tokens but no rows"
@@ -272,7 +260,11 @@ class ShardMeta(_MetaModel):
 
 
 def read_meta(path: Path) -> ShardMeta:
-    """Read and validate one meta file; any problem is a :class:`DataError` naming the file."""
+    """Read and validate one meta file; any problem is a :class:`DataError` naming the file.
+
+    An older ``format_version`` is migrated; a newer one is a FormatVersionError (a newer
+    allllm made the shard: it is not broken, this allllm cannot read it).
+    """
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -283,6 +275,8 @@ def read_meta(path: Path) -> ShardMeta:
         raise DataError(
             f"{path}: meta is not valid JSON (line {exc.lineno}, column {exc.colno})"
         ) from None
+    if META_FORMAT.version_of(data) is not None:
+        data = META_FORMAT.upgrade(data, str(path))
     try:
         return ShardMeta.model_validate(data)
     except ValidationError as exc:

@@ -43,7 +43,7 @@ from allllm.util.atomic import atomic_write_text
 
 if TYPE_CHECKING:
     from allllm.data.tokenize.run import TokenizeProgress, TokenizeSummary
-    from allllm.train.start import Reporter
+    from allllm.train.options import Reporter
     from allllm.use.evaluate import EvalProgress, EvalResult
     from allllm.use.generate import GenerationResult
 
@@ -139,7 +139,7 @@ class QuietDemoUI:
         self.lines.append(f"tokenized {len(summary.shards)} shard(s)")
 
     def train_reporter(self) -> Reporter:
-        from allllm.train.start import QuietReporter
+        from allllm.train.options import QuietReporter
 
         return QuietReporter()
 
@@ -251,8 +251,8 @@ class _Demo:
 
     def train(self) -> dict[str, Any]:
         from allllm.config import load_config
+        from allllm.train.options import TrainOptions
         from allllm.train.session import train
-        from allllm.train.start import TrainOptions
 
         reporter = self.ui.train_reporter()
         try:

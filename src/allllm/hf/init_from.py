@@ -19,7 +19,8 @@ _FROM_CONFIG = object()
 def load_init_weights(model: Transformer, source: str) -> None:
     """Overwrite ``model``'s weights with the HF checkpoint ``source`` if architectures agree."""
     from allllm.hf.config_map import architecture_differences, model_config_from_hf
-    from allllm.hf.weights import load_hf_weights, read_hf_config, resolve_checkpoint
+    from allllm.hf.locate import read_hf_config, resolve_checkpoint
+    from allllm.hf.weights_in import load_hf_weights
 
     directory = resolve_checkpoint(source)
     theirs = model_config_from_hf(read_hf_config(directory), str(directory / "config.json"))

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from allllm.config import ModelConfig
 
 if TYPE_CHECKING:
-    from allllm.model.generation import KVCache
+    from allllm.model.kv_cache import KVCache
 
 
 class LayerNorm(nn.LayerNorm):

@@ -3,19 +3,22 @@
 ``Transformer(cfg)`` covers the phi family (parallel residual, LayerNorm,
 GELU MLP, partial rotary, biased head) and the llama family (pre-norm,
 RMSNorm, SwiGLU, grouped-query attention, tied embeddings) and their mixes;
-the config decides. Parameter names are ours (fused ``qkv``); ``hf.py``
+the config decides. Parameter names are ours (fused ``qkv``); ``allllm.hf``
 translates to and from Hugging Face checkpoints.
 
-Calling the model:
+Three ways in, one per job:
 
-- ``model(ids)`` → logits ``[B, T, V]`` (for evaluation and tests),
-- ``model(ids, lengths, return_loss=True)`` → ``(loss_sum, count)`` for
-  training, through the chunked head of ``loss.py``. Training loops should
-  use this form on the wrapped module (DDP, FSDP, ``torch.compile``), whose
-  hooks only run through ``__call__``; ``model.loss(...)`` is the same call
-  spelled for readability on an unwrapped model,
-- ``model(ids, cache=cache)`` → logits of the new positions, filling a
-  :class:`~allllm.model.generation.KVCache`.
+- ``model(ids, lengths)`` → ``(loss_sum, count)``: the one training entry
+  point, the call DDP, FSDP2 and ``torch.compile`` wrap (their hooks only run
+  through ``__call__``). ``lengths`` / ``mask`` mark each row's valid positions.
+- ``model.logits(ids)`` → logits ``[B, T, V]`` (evaluation, tests); with a
+  :class:`~allllm.model.kv_cache.KVCache`, the logits of the new positions.
+- ``model.decode_step(ids, cache)`` → logits ``[B, V]`` of the last position,
+  the step of cached generation.
+
+The model knows nothing of how it is trained: activation checkpointing,
+compilation and data parallelism are applied from outside, without renaming a
+parameter (``allllm.train.parallelize``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from allllm.config import ModelConfig
 from allllm.model.layers import Block, LayerNorm, RMSNorm, Rotary, make_norm, residual_init_std
@@ -33,15 +35,14 @@ from allllm.model.loss import linear_cross_entropy, shifted_targets
 from allllm.model.sizes import flops_per_token
 
 if TYPE_CHECKING:
-    from allllm.model.generation import KVCache
+    from allllm.model.kv_cache import KVCache
 
 
 class Transformer(nn.Module):
     """Token embedding → blocks → final norm → lm_head (optionally tied to the embedding).
 
-    Attributes a trainer may set: ``activation_checkpointing`` (recompute each
-    block in the backward pass) and ``loss_chunk_size`` (positions per head
-    chunk; None picks ~32M logits a chunk).
+    ``loss_chunk_size`` (positions per head chunk of the loss; None picks ~32M
+    logits a chunk) may be set by a caller.
     """
 
     def __init__(self, cfg: ModelConfig, *, init: bool = True) -> None:
@@ -53,7 +54,6 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
         self.norm_f = make_norm(cfg, cfg.hidden_size)
         self.lm_head = LMHead(cfg)
-        self.activation_checkpointing = False
         self.loss_chunk_size: int | None = None
         if init:
             self.init_weights()
@@ -101,39 +101,22 @@ class Transformer(nn.Module):
         start = cache.pos if cache is not None else 0
         cos, sin = self.rope(start, ids.shape[1])
         x = self.drop(self.embed(ids))
-        recompute = (
-            self.activation_checkpointing
-            and self.training
-            and torch.is_grad_enabled()
-            and cache is None
-        )
         for block in self.blocks:
-            if recompute:
-                x = checkpoint(block, x, cos, sin, use_reentrant=False)
-            else:
-                x = block(x, cos, sin, cache)
+            x = block(x, cos, sin, cache)
         if cache is not None:
             cache.advance(ids.shape[1])
         return self.norm_f(x)
 
     def forward(
-        self,
-        ids: Tensor,
-        lengths: Tensor | None = None,
-        *,
-        mask: Tensor | None = None,
-        return_loss: bool = False,
-        cache: KVCache | None = None,
-    ) -> Tensor | tuple[Tensor, Tensor]:
-        """Logits ``[B, T, V]``, or with ``return_loss`` the causal-LM ``(loss_sum, count)``.
+        self, ids: Tensor, lengths: Tensor | None = None, *, mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The causal-LM loss of ``ids`` ``[B, T]`` as ``(loss_sum, count)`` (the training step).
 
         ``lengths`` ``[B]`` / ``mask`` ``[B, T]`` mark each row's valid (leading)
-        positions; they only matter for the loss (padding sits after the valid
-        tokens, which causal attention never lets them see).
+        positions; padding sits after the valid tokens, which causal attention
+        never lets them see, and is never a target.
         """
-        x = self.hidden_states(ids, cache)
-        if not return_loss:
-            return self.lm_head(x, self.head_weight)
+        x = self.hidden_states(ids)
         targets = shifted_targets(ids, lengths, mask)
         return linear_cross_entropy(
             x.reshape(-1, x.shape[-1]),
@@ -146,8 +129,21 @@ class Transformer(nn.Module):
     def loss(
         self, ids: Tensor, lengths: Tensor | None = None, *, mask: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """``(loss_sum, count)`` of the causal-LM loss (goes through ``__call__`` for hooks)."""
-        return self(ids, lengths, mask=mask, return_loss=True)  # type: ignore[return-value]
+        """``(loss_sum, count)``: ``model(ids, lengths)`` spelled for readability."""
+        return self(ids, lengths, mask=mask)
+
+    def logits(self, ids: Tensor, cache: KVCache | None = None) -> Tensor:
+        """Logits ``[B, T, V]`` of every position of ``ids`` (with ``cache``: the new ones)."""
+        return self.lm_head(self.hidden_states(ids, cache), self.head_weight)
+
+    def decode_step(self, ids: Tensor, cache: KVCache | None = None) -> Tensor:
+        """Logits ``[B, V]`` of the last position: one step of generation.
+
+        With ``cache`` only ``ids``' new positions are computed (and stored);
+        without, ``ids`` is the whole sequence so far.
+        """
+        hidden = self.hidden_states(ids, cache)
+        return self.lm_head(hidden[:, -1], self.head_weight)
 
 
 class LMHead(nn.Module):

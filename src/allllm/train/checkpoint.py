@@ -4,13 +4,15 @@ Layout of ``checkpoints/<name>/step-NNNNNNNN/`` (global optimizer steps)::
 
     model.safetensors     weights (a tied head is stored once, under embed.weight)
     optimizer.pt          optimizer and grad-scaler state; loadable with weights_only=True
-    trainer_state.json    run, position, RNG states, config snapshot, cumulative seen map
+    trainer_state.json    the TrainState: run, position, RNG states, config snapshot, seen map
     COMPLETE              the completion marker, written last
 
 A checkpoint is written into a hidden temporary directory, every file is
 fsynced, the directory is renamed into place and the marker is written last.
 "Latest" is the highest step with a marker whose files all load; an incomplete
-or corrupt one is skipped with a warning and the previous one is used.
+one (an interrupted save) is skipped, a corrupt one is skipped with a warning
+and the previous one is used. A trainer state of a newer format is never
+skipped: it stops everything with one line (:mod:`allllm.util.versions`).
 Rotation keeps the newest ``keep`` checkpoints and never deletes the newest one
 or the one a pending run started from (``--abandon-pending`` goes back to it).
 """
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from allllm.errors import CheckpointError
+from allllm.train.state import TrainState
 from allllm.util.atomic import fsync_dir
 from allllm.util.faults import fault_point
 
@@ -38,7 +41,6 @@ OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "trainer_state.json"
 MARKER_FILE = "COMPLETE"
 STEP_RE = re.compile(r"^step-(\d{8})$")
-STATE_FORMAT_VERSION = 1
 
 Warn = Callable[[str], None]
 
@@ -66,21 +68,19 @@ class CheckpointRef:
     def complete(self) -> bool:
         return (self.path / MARKER_FILE).is_file()
 
-    def read_state(self) -> dict[str, Any]:
-        """``trainer_state.json`` (CheckpointError if missing or unreadable)."""
+    def read_state(self) -> TrainState:
+        """The checkpoint's :class:`TrainState` (CheckpointError if missing or unreadable;
+        FormatVersionError if a newer allllm wrote it)."""
         path = self.path / STATE_FILE
         try:
-            state = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise CheckpointError(f"{path}: missing") from None
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: unreadable ({exc})") from None
-        if not isinstance(state, dict) or state.get("format_version") != STATE_FORMAT_VERSION:
-            raise CheckpointError(f"{path}: not a trainer state of format {STATE_FORMAT_VERSION}")
-        if state.get("step") != self.step:
-            raise CheckpointError(
-                f"{path}: says step {state.get('step')}, directory says {self.step}"
-            )
+        state = TrainState.from_state_dict(data, str(path))
+        if state.step != self.step:
+            raise CheckpointError(f"{path}: says step {state.step}, directory says {self.step}")
         return state
 
 
@@ -119,8 +119,26 @@ def check_files(ref: CheckpointRef) -> str | None:
     return None
 
 
+def checkpoint_problems(directory: Path) -> list[tuple[CheckpointRef, str | None]]:
+    """Every checkpoint by step, with why it cannot be used (None: usable).
+
+    A trainer state of a newer format raises (FormatVersionError) instead: it is
+    not a problem of the checkpoint, and no caller may skip it.
+    """
+    out: list[tuple[CheckpointRef, str | None]] = []
+    for ref in list_checkpoints(directory):
+        if not ref.complete:
+            out.append((ref, f"incomplete (no {MARKER_FILE} marker)"))
+        else:
+            out.append((ref, check_files(ref)))
+    return out
+
+
 def latest_checkpoint(directory: Path, warn: Warn | None = None) -> CheckpointRef | None:
-    """The highest complete, readable checkpoint; broken ones are skipped with a warning."""
+    """The highest complete, readable checkpoint; broken ones are skipped with a warning.
+
+    Only checked down to the first usable one: older checkpoints are not read.
+    """
     for ref in reversed(list_checkpoints(directory)):
         if not ref.complete:
             if warn:
@@ -163,7 +181,7 @@ def save_checkpoint(
     *,
     model_state: dict[str, Any],
     optimizer_state: dict[str, Any],
-    trainer_state: dict[str, Any],
+    train_state: TrainState,
 ) -> CheckpointRef:
     """Write ``step-NNNNNNNN`` atomically; raise CheckpointError (previous ones intact) on failure."""
     import torch
@@ -179,9 +197,9 @@ def save_checkpoint(
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in model_state.items()}
         save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt", "step": str(step)})
         torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
-        state_text = json.dumps(
-            {**trainer_state, "format_version": STATE_FORMAT_VERSION, "step": step}
-        )
+        if train_state.step != step:
+            raise ValueError(f"saving step {step} with a train state at step {train_state.step}")
+        state_text = json.dumps(train_state.state_dict())
         (tmp / STATE_FILE).write_text(state_text, encoding="utf-8")
         for name in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE):
             _fsync_file(tmp / name)
@@ -292,20 +310,20 @@ def checkpoint_summary(directory: Path, warn: Warn | None = None) -> dict[str, A
     if ref is None:
         return None
     state = ref.read_state()
-    run = state.get("run") or {}
     pending = None
-    if not state.get("run_complete", True):
+    if state.pending is not None:
+        run = state.pending
         pending = {
-            "run_id": state.get("run_id"),
-            "shards": run.get("shard_ids", []),
-            "steps_done": run.get("steps_done"),
-            "steps_total": run.get("total_steps"),
+            "run_id": run.run_id,
+            "shards": run.shard_ids,
+            "steps_done": run.steps_done,
+            "steps_total": run.total_steps,
         }
     return {
         "step": ref.step,
-        "tokens_seen": state.get("tokens_seen", 0),
+        "tokens_seen": state.tokens_seen,
         "path": str(ref.path),
-        "time": state.get("created"),
+        "time": state.created,
         "pending_run": pending,
-        "seen": state.get("seen", {}),
+        "seen": state.seen,
     }

@@ -1,18 +1,19 @@
-"""Scale-out under torchrun: process group, wrapping (DDP or FSDP2) and collectives.
+"""Scale-out under torchrun: the process group and the collectives the trainer uses.
 
 Started with ``torchrun --nproc-per-node N -m allllm train ...`` (multi-node
 through torchrun's rendezvous), every rank runs the same code: rank 0 plans the
 run and broadcasts it, ranks take strided slices of each global batch, only
 rank 0 writes checkpoints and records, and decisions to stop are collective so
 no rank waits forever in a collective the others left. A plain ``allllm
-train`` is world size 1 with no process group at all.
+train`` is world size 1 with no process group at all. How the model itself is
+spread over the ranks (DDP or FSDP2) is :mod:`allllm.train.parallelize`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,22 @@ def process_group(info: DistInfo, device: torch.device) -> Iterator[None]:
             dist.destroy_process_group()
 
 
+def run_on_rank0(info: DistInfo, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on rank 0 and hand its result (or its user error) to every rank."""
+    from allllm.errors import AllllmError
+
+    result: Any = None
+    if info.is_main:
+        try:
+            result = fn()
+        except AllllmError as exc:
+            result = exc
+    result = broadcast_object(result, info)
+    if isinstance(result, AllllmError):
+        raise result
+    return result
+
+
 def broadcast_object(obj: Any, info: DistInfo) -> Any:
     """Rank 0's ``obj`` on every rank."""
     if not info.enabled:
@@ -114,49 +131,3 @@ def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
-
-
-def wrap_model(
-    model: torch.nn.Module, info: DistInfo, device: torch.device, fsdp: bool
-) -> torch.nn.Module:
-    """DDP, or FSDP2 ``fully_shard`` per block plus the root when ``fsdp``; unchanged alone."""
-    if not info.enabled:
-        return model
-    if fsdp:
-        from torch.distributed.fsdp import fully_shard
-
-        for block in model.blocks:  # type: ignore[attr-defined]
-            fully_shard(block)
-        fully_shard(model)
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The user's model inside DDP / torch.compile wrappers."""
-    inner = getattr(model, "module", model)
-    return getattr(inner, "_orig_mod", inner)
-
-
-@contextlib.contextmanager
-def gradient_sync(model: torch.nn.Module, sync: bool) -> Iterator[None]:
-    """Skip the gradient all-reduce on accumulation micro-steps (DDP no_sync / FSDP2 flag)."""
-    if sync:
-        if hasattr(model, "set_requires_gradient_sync"):
-            model.set_requires_gradient_sync(True)
-        yield
-        return
-    if hasattr(model, "no_sync"):
-        with model.no_sync():
-            yield
-    elif hasattr(model, "set_requires_gradient_sync"):
-        model.set_requires_gradient_sync(False)
-        try:
-            yield
-        finally:
-            model.set_requires_gradient_sync(True)
-    else:
-        yield

@@ -1,4 +1,4 @@
-"""``train --dry-run``: how long and how much memory a run will take, from measured steps.
+"""``train --dry-run``: the plan, and how long and how much memory it takes, from measured steps.
 
 A few micro-batches of the run's real rows go forward and backward (no
 optimizer step, gradients dropped), so the estimate reflects this machine,
@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import resource
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from allllm.config import Config
 from allllm.train.loop import LoopContext
-from allllm.train.run_plan import RunData, RunPlan
+from allllm.train.run_data import RunData
+from allllm.train.run_plan import RunPlan
+
+if TYPE_CHECKING:
+    from allllm.data.registry import TokenizerIdentity
+    from allllm.train.session import Session
+    from allllm.train.start import StartPoint
 
 MEASURED_MICRO_STEPS = 3
 
@@ -47,7 +53,7 @@ def estimate_run(
             torch.cuda.synchronize(ctx.device)
         t0 = time.perf_counter()
         with ctx.precision.autocast():
-            loss_sum, count = model(ids, lengths, return_loss=True)
+            loss_sum, count = model(ids, lengths)
         (loss_sum / count.clamp(min=1)).backward()
         if ctx.device.type == "cuda":
             torch.cuda.synchronize(ctx.device)
@@ -78,3 +84,28 @@ def estimate_run(
         "peak_bytes": peak,
         "memory_where": where,
     }
+
+
+def dry_run_report(session: Session, start: StartPoint, ident: TokenizerIdentity) -> dict[str, Any]:
+    """What ``train`` would do: the pending run, the new run, and their measured estimate."""
+    from allllm.train.distributed import run_on_rank0
+    from allllm.train.run_data import open_plan_data
+
+    ctx, state = session.ctx, session.state
+    assert ctx is not None
+    report: dict[str, Any] = {"pending": None, "new": None, "step": state.step}
+    pending = start.pending
+    if pending is not None:
+        report["pending"] = pending.to_dict()
+    exclude = set(pending.shard_ids) if pending else None
+    new_plan = run_on_rank0(session.info, lambda: session._plan_new(ident, state.step, exclude))
+    if new_plan is not None:
+        report["new"] = new_plan.to_dict()
+    target = pending or new_plan
+    if target is not None:
+        data, _evals = open_plan_data(
+            session.cfg, session.opts, session.info, state.seen, target, ident
+        )
+        report["estimate"] = estimate_run(ctx, target, data, session.cfg, pending, new_plan)
+        data.dataset.close()
+    return report

@@ -25,10 +25,13 @@ import torch
 
 from allllm.config import TrainConfig
 from allllm.data.sampler import RowSampler
-from allllm.train.distributed import DistInfo, all_reduce_max, all_reduce_sum, gradient_sync
+from allllm.train.distributed import DistInfo, all_reduce_max, all_reduce_sum
+from allllm.train.parallelize import gradient_sync
 from allllm.train.precision import Precision
-from allllm.train.run_plan import RunData, RunPlan
+from allllm.train.run_data import RunData
+from allllm.train.run_plan import RunPlan
 from allllm.train.schedule import lr_at
+from allllm.train.state import TrainState
 from allllm.train.validation import evaluate_rows
 from allllm.util.faults import fault_point
 
@@ -61,9 +64,9 @@ class Bounds:
 
 @dataclass
 class LoopContext:
-    """Everything the loop needs that outlives one run."""
+    """Everything the loop needs that outlives one run; ``state`` is what it advances."""
 
-    model: torch.nn.Module  # possibly wrapped (DDP / FSDP / compiled)
+    model: torch.nn.Module  # parallelized in place (DDP / FSDP / compiled blocks)
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     precision: Precision
@@ -76,10 +79,7 @@ class LoopContext:
     peak_flops: float | None
     log_metrics: Callable[[dict[str, Any]], None]
     reporter: StepReporter | None
-    step: int = 0  # global optimizer step
-    tokens_seen: int = 0
-    last_loss: float | None = None
-    last_val_loss: float | None = None
+    state: TrainState = field(default_factory=TrainState)  # step, tokens, losses, the run
 
 
 @dataclass
@@ -116,7 +116,8 @@ def train_run(
     )
     if plan.sampler:
         sampler.load_state_dict(plan.sampler)
-    model, optimizer = ctx.model, ctx.optimizer
+    model, optimizer, state = ctx.model, ctx.optimizer, ctx.state
+    state.run = plan
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     window_start, window_tokens = time.perf_counter(), 0
@@ -133,7 +134,7 @@ def train_run(
         batch = sampler.next_global_batch()
         assert batch is not None
         mine = data.rows[batch[info.rank :: info.world_size]]
-        lr = lr_at(ctx.step - plan.start_step, plan.total_steps, train)
+        lr = lr_at(state.step - plan.start_step, plan.total_steps, train)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum, targets, tokens = _accumulate(ctx, data, mine, train.micro_batch_size)
@@ -145,22 +146,22 @@ def train_run(
         ctx.scaler.step(optimizer)
         ctx.scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        ctx.step += 1
-        ctx.tokens_seen += tokens
+        state.step += 1
+        state.tokens_seen += tokens
         ctx.bounds.steps += 1
         ctx.bounds.tokens += tokens
         plan.steps_done += 1
         plan.tokens_done += tokens
         plan.sampler = sampler.state_dict()
-        ctx.last_loss = loss_sum / max(1, targets)
+        state.last_loss = loss_sum / max(1, targets)
         window_tokens += tokens
         now = time.perf_counter()
         tok_s = window_tokens / max(now - window_start, 1e-9)
         window_start, window_tokens = now, 0
         record = {
-            "step": ctx.step,
-            "tokens": ctx.tokens_seen,
-            "loss": ctx.last_loss,
+            "step": state.step,
+            "tokens": state.tokens_seen,
+            "loss": state.last_loss,
             "lr": lr,
             "time": time.time(),
             "run_id": plan.run_id,
@@ -172,13 +173,13 @@ def train_run(
         if ctx.peak_flops:
             record["mfu"] = tok_s * ctx.flops_per_token / ctx.peak_flops
         last = sampler.finished
-        if (eval_every and ctx.step % eval_every == 0) or last:
+        if (eval_every and state.step % eval_every == 0) or last:
             record.update(run_evals(ctx, train.micro_batch_size))
         if info.is_main:
             ctx.log_metrics(record)
         if ctx.reporter:
             ctx.reporter.step(record)
-        if not last and ctx.step % checkpoint_every == 0:
+        if not last and state.step % checkpoint_every == 0:
             save()
     return LoopOutcome(finished=True)
 
@@ -213,10 +214,12 @@ def _accumulate(
             ids, lengths = ids.pin_memory(), lengths.pin_memory()
         ids = ids.to(device, non_blocking=True)
         lengths = lengths.to(device, non_blocking=True)
-        with gradient_sync(ctx.model, sync=i == len(chunks) - 1), ctx.precision.autocast():
-            loss_sum, _count = ctx.model(ids, lengths, return_loss=True)
-            loss = loss_sum / denom
-        ctx.scaler.scale(loss).backward()
+        # the no-sync block holds the backward too: FSDP2 reads its flag when gradients reduce
+        with gradient_sync(ctx.model, sync=i == len(chunks) - 1):
+            with ctx.precision.autocast():
+                loss_sum, _count = ctx.model(ids, lengths)
+                loss = loss_sum / denom
+            ctx.scaler.scale(loss).backward()
         loss_total += loss_sum.detach().to(acc_dtype)
     (loss_global,) = all_reduce_sum([float(loss_total)], info, device)
     return loss_global, int(global_targets), int(global_tokens)
@@ -240,7 +243,7 @@ def run_evals(ctx: LoopContext, micro_batch_size: int) -> dict[str, Any]:
         if count:
             out[name] = total / count
     if "val_loss" in out:
-        ctx.last_val_loss = out["val_loss"]
+        ctx.state.last_val_loss = out["val_loss"]
     if out and ctx.reporter:
-        ctx.reporter.evaluated({"step": ctx.step, **out})
+        ctx.reporter.evaluated({"step": ctx.state.step, **out})
     return out

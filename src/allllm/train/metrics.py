@@ -15,40 +15,31 @@ used only when their packages are installed; otherwise one clear message.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from allllm.errors import ConfigError
+from allllm.util.jsonl import append_jsonl
+
+if TYPE_CHECKING:
+    import torch
+
+    from allllm.train.precision import Precision
 
 METRICS_FILE = "metrics.jsonl"
 RUNS_FILE = "runs.jsonl"
+#: dense bf16/fp16 peak FLOP/s of known GPUs, for MFU
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
 
 
-def _append_line(path: Path, record: dict[str, Any], durable: bool = False) -> None:
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
-        if durable:
-            fh.flush()
-            os.fsync(fh.fileno())
+def peak_flops(device: torch.device, precision: Precision) -> float | None:
+    """Dense bf16/fp16 peak of known GPUs, for MFU (None on CPU or unknown cards)."""
+    import torch
 
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every well-formed line of a jsonl file (a line torn by a crash is skipped)."""
-    out = []
-    try:
-        with path.open(encoding="utf-8") as fh:
-            for line in fh:
-                try:
-                    item = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(item, dict):
-                    out.append(item)
-    except FileNotFoundError:
-        return []
-    return out
+    if device.type != "cuda" or precision.autocast_dtype is None:
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
 class MetricsLog:
@@ -83,7 +74,7 @@ class MetricsLog:
             )
 
     def log(self, record: dict[str, Any]) -> None:
-        _append_line(self.path, record)
+        append_jsonl(self.path, record)
         step = int(record["step"])
         if self._tb is not None:
             for key, value in record.items():
@@ -93,7 +84,7 @@ class MetricsLog:
             self._wandb.log({k: v for k, v in record.items() if k != "step"}, step=step)
 
     def log_run(self, record: dict[str, Any]) -> None:
-        _append_line(self.runs_path, record, durable=True)
+        append_jsonl(self.runs_path, record, durable=True)
 
     def close(self) -> None:
         if self._tb is not None:

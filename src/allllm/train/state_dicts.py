@@ -3,6 +3,8 @@
 Checkpoints always hold full, unsharded tensors keyed by parameter name, so a
 run saved under FSDP resumes under DDP, on one process, or on another number
 of ranks — and ``allllm export`` reads them without any distributed setup.
+``parallelize`` never renames a parameter, so the names are the model's own
+under every combination of checkpointing, compile, DDP and FSDP.
 """
 
 from __future__ import annotations
@@ -19,24 +21,23 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from allllm.errors import CheckpointError
-from allllm.train.distributed import unwrap
 
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Full weights (CPU), gathered from shards when the model is sharded (collective)."""
-    return get_model_state_dict(unwrap(model), options=_FULL)
+    return get_model_state_dict(model, options=_FULL)
 
 
 def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Full optimizer state keyed by parameter name (collective when sharded)."""
-    return get_optimizer_state_dict(unwrap(model), optimizer, options=_FULL)
+    return get_optimizer_state_dict(model, optimizer, options=_FULL)
 
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
     """Load full weights; missing/unexpected keys or wrong shapes are one clear error."""
-    inner = unwrap(model)
+    inner = model
     own = inner.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -94,7 +95,7 @@ def load_optimizer_state(
     """
     from torch.distributed.tensor import DTensor
 
-    inner = unwrap(model)
+    inner = model
     try:
         if any(isinstance(p, DTensor) for p in inner.parameters()):
             set_optimizer_state_dict(

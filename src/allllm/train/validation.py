@@ -16,6 +16,8 @@ import torch
 from allllm.data.dataset import ShardDataset
 from allllm.train.distributed import DistInfo, all_reduce_max, all_reduce_sum
 
+EVAL_MAX_TOKENS = 1 << 16  # validation per eval: a fixed, spread subset of about this many tokens
+
 
 @torch.no_grad()
 def evaluate_rows(
@@ -52,7 +54,7 @@ def evaluate_rows(
             ids = ids.to(device, non_blocking=True)
             lengths = lengths.to(device, non_blocking=True)
             with autocast():  # type: ignore[attr-defined]
-                loss_sum, n = model(ids, lengths, return_loss=True)
+                loss_sum, n = model(ids, lengths)
             if batch is None:
                 continue
             total += float(loss_sum)

@@ -27,6 +27,7 @@ from allllm.errors import DataError
 if TYPE_CHECKING:
     from allllm.config import Config
     from allllm.data.registry import ScanResult, ShardEntry
+    from allllm.train.state import TrainState
     from allllm.use.trained import TrainedModel
 
 Warn = Callable[[str], None]
@@ -82,7 +83,7 @@ def _matches(entry: ShardEntry, pattern: str) -> bool:
 def select_rows(
     cfg: Config,
     scan: ScanResult,
-    state: dict[str, Any],
+    state: TrainState,
     *,
     shards: str | None = None,
     warn: Warn | None = None,
@@ -111,11 +112,10 @@ def select_rows(
                 f"see `allllm status --model {cfg.name}` for shard names and states",
             )
         return parts
-    snapshot = state.get("config") or {}
+    snapshot = state.config
     seed = int((snapshot.get("train") or {}).get("seed", cfg.train.seed))
     val_fraction = float((snapshot.get("data") or {}).get("val_fraction", cfg.data.val_fraction))
-    run = state.get("run") or {}
-    held_out = set(state.get("seen") or {}) | set(run.get("shard_ids") or [])
+    held_out = set(state.seen) | set(state.run.shard_ids if state.run else [])
     for entry in scan.shards:
         if entry.state not in ("new", "seen") or not entry.shard_id or not entry.n_rows:
             continue
@@ -128,7 +128,7 @@ def select_rows(
     if not parts:
         raise DataError(
             f"nothing to evaluate: no validation rows in the shards checkpoint step "
-            f"{state.get('step')} has seen, and data.eval_shards matches no shard",
+            f"{state.step} has seen, and data.eval_shards matches no shard",
             "pass --shards GLOB to evaluate all rows of given shards",
         )
     return parts
@@ -154,7 +154,7 @@ def evaluate_model(
     scan = scan_shards(
         cfg.data_dir,
         ScanSpec.from_config(cfg, ident),
-        SeenMap.from_dict(state.get("seen") or {}, "checkpoint"),  # the bare shards map
+        SeenMap.from_dict(state.seen, "checkpoint"),  # the bare shards map
         trust_unverified=trust_unverified,
     )
     parts = select_rows(cfg, scan, state, shards=shards, warn=warn)

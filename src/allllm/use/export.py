@@ -1,7 +1,7 @@
 """``allllm export``: a checkpoint as a Hugging Face model directory.
 
 The directory holds ``config.json`` and ``model.safetensors`` (written by
-:func:`allllm.hf.weights.to_hf`: PhiForCausalLM or LlamaForCausalLM, whichever
+:func:`allllm.hf.to_hf`: PhiForCausalLM or LlamaForCausalLM, whichever
 computes the model exactly), ``generation_config.json`` (BOS/EOS/PAD ids),
 the tokenizer files (:mod:`allllm.hf.tokenizer_export`) and ``allllm_export.json``
 (where it came from: config, step, tokens seen, tokenizer fingerprint).
@@ -105,7 +105,7 @@ def export_model(
     """Write the model of ``cfg`` at ``step`` (default: latest) as a Hugging Face folder."""
     from allllm.hf.config_map import hf_family_for
     from allllm.hf.tokenizer_export import export_tokenizer
-    from allllm.hf.weights import to_hf
+    from allllm.hf.weights_out import to_hf
     from allllm.use.trained import load_trained
 
     torch_dtype = _torch_dtype(dtype)
@@ -120,7 +120,6 @@ def export_model(
     tok = trained.tokenizer
     to_hf(
         trained.model,
-        cfg.model,
         out_dir,
         torch_dtype,
         bos_id=tok.bos_id,

@@ -107,7 +107,8 @@ def _runs(kept: list[dict[str, Any]], logged: list[dict[str, Any]]) -> list[RunS
 
 def read_curves(checkpoint_dir: Path) -> LossCurves:
     """The curves of ``checkpoint_dir``'s ``metrics.jsonl`` and ``runs.jsonl``."""
-    from allllm.train.metrics import METRICS_FILE, RUNS_FILE, read_jsonl
+    from allllm.train.metrics import METRICS_FILE, RUNS_FILE
+    from allllm.util.jsonl import read_jsonl
 
     kept = timeline(read_jsonl(checkpoint_dir / METRICS_FILE))
     curves = LossCurves()

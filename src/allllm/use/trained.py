@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from allllm.errors import CheckpointError, TokenizerError
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from allllm.model.transformer import Transformer
     from allllm.tokenizer.manager import TokenizerManager
     from allllm.train.checkpoint import CheckpointRef
+    from allllm.train.state import TrainState
 
 Warn = Callable[[str], None]
 
@@ -74,7 +75,7 @@ class TrainedModel:
     model: Transformer
     tokenizer: TokenizerManager
     checkpoint: CheckpointRef
-    state: dict[str, Any]  # the checkpoint's trainer_state.json
+    state: TrainState  # the checkpoint's trainer state
     device: torch.device
 
     @property
@@ -83,16 +84,16 @@ class TrainedModel:
 
     @property
     def tokens_seen(self) -> int:
-        return int(self.state.get("tokens_seen", 0))
+        return self.state.tokens_seen
 
 
-def load_tokenizer_for(cfg: Config, state: dict[str, Any], where: str) -> TokenizerManager:
+def load_tokenizer_for(cfg: Config, state: TrainState, where: str) -> TokenizerManager:
     """The config's tokenizer, refused when it is not the one the checkpoint was trained with."""
     from allllm.tokenizer.manager import TokenizerManager
 
     tokenizer = TokenizerManager.from_config(cfg.tokenizer)
     tokenizer.check_vocab(cfg.model.vocab_size)
-    theirs = state.get("tokenizer_fingerprint")
+    theirs = state.tokenizer_fingerprint
     if theirs and theirs != tokenizer.fingerprint:
         raise TokenizerError(
             f"the config's tokenizer differs from the one {where} was trained with",
@@ -115,7 +116,7 @@ def load_trained(
     """
     import torch
 
-    from allllm.model import empty_model
+    from allllm.model.transformer import empty_model
     from allllm.train.checkpoint import load_model_state
     from allllm.train.precision import pick_device
     from allllm.train.start import architecture_differences
@@ -123,7 +124,7 @@ def load_trained(
 
     ref = find_trained_checkpoint(cfg, step, warn=warn)
     state = ref.read_state()
-    diffs = architecture_differences(cfg, state.get("config", {}))
+    diffs = architecture_differences(cfg, state.config)
     if diffs:
         raise CheckpointError(
             f"the config's architecture differs from checkpoint {ref.path}: " + "; ".join(diffs),

@@ -15,7 +15,7 @@ from rich.markup import escape
 
 if TYPE_CHECKING:
     from allllm.data.tokenize.run import TokenizeProgress, TokenizeSummary
-    from allllm.train.start import Reporter
+    from allllm.train.options import Reporter
     from allllm.use.evaluate import EvalProgress
     from allllm.use.generate import GenerationResult
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from allllm.config import Config
-from allllm.data.shard_format import TokenizerInfo, bin_dtype_for, unique_stem, utc_timestamp
+from allllm.data.shard_format import TokenizerInfo, bin_dtype_for, unique_stem
 from allllm.data.tokenize import journal
 from allllm.data.tokenize.encode import EncodeTimings, Pieces, StreamEncoder
 from allllm.data.tokenize.plan import (
@@ -38,6 +38,7 @@ from allllm.data.tokenize.summary import (
 )
 from allllm.data.tokenize.write import ShardWriter
 from allllm.errors import DataError
+from allllm.util.clock import utc_timestamp
 
 
 def _ensure_writable_dir(data_dir: Path) -> None:

@@ -31,12 +31,12 @@ from allllm.data.shard_format import (
     ShardIdHasher,
     ShardMeta,
     numpy_dtype,
-    utc_iso,
 )
 from allllm.data.tokenize import journal
 from allllm.data.tokenize.jsonl_render import JsonlRenderer
 from allllm.errors import DataError
 from allllm.util.atomic import fsync_dir
+from allllm.util.clock import utc_iso
 from allllm.util.faults import fault_point
 
 #: the writer's stages: CPU seconds of the writing thread, except ``finish`` (fsync, renames,

@@ -1,0 +1,104 @@
+"""How a model is made ready to train: activation checkpointing, compilation, data parallelism.
+
+:func:`parallelize` applies them in torchtitan's order — activation
+checkpointing per block, ``torch.compile`` per block, then FSDP2
+``fully_shard`` (per block, then the root) or DDP — to the model in place, so
+the model class knows nothing of any of them. None of them renames a
+parameter: checkpointing replaces a block's ``forward`` with one that
+recomputes it in the backward pass, compilation uses ``Module.compile`` (no
+``_orig_mod.`` wrapper), DDP is the composable ``replicate`` (no ``module.``
+prefix) and ``fully_shard`` keeps names. A checkpoint saved under any
+combination therefore loads under any other, which README allows between runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from allllm.config import TrainConfig
+from allllm.train.distributed import DistInfo
+
+#: model methods that run outside ``forward`` and must unshard parameters under FSDP2
+FSDP_FORWARD_METHODS = ("logits", "decode_step")
+
+
+def checkpoint_block(block: nn.Module) -> None:
+    """Recompute ``block`` in the backward pass instead of keeping its activations.
+
+    Only where it pays: in training mode, with gradients on and no KV cache
+    (the cache is mutated by a forward, so it must never run twice). The RNG
+    state is replayed, so dropout draws the same numbers in the recompute.
+    """
+    inner: Callable[..., Any] = block.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        cache = kwargs.get("cache", args[3] if len(args) > 3 else None)
+        if block.training and torch.is_grad_enabled() and cache is None:
+            return checkpoint(inner, *args, use_reentrant=False, **kwargs)
+        return inner(*args, **kwargs)
+
+    block.forward = forward  # type: ignore[method-assign]
+
+
+def parallelize(
+    model: nn.Module,
+    train: TrainConfig,
+    info: DistInfo | None = None,
+    device: torch.device | None = None,
+) -> nn.Module:
+    """Apply ``train``'s activation checkpointing and compile, then FSDP2 or DDP; return ``model``.
+
+    ``model`` must have ``blocks`` (the decoder layers). Data parallelism is
+    applied only in a process group of more than one rank (``info``); the
+    model object is changed in place and returned, and its parameter names
+    never change.
+    """
+    info = info or DistInfo()
+    blocks = list(model.blocks)  # type: ignore[attr-defined]
+    if train.activation_checkpointing:
+        for block in blocks:
+            checkpoint_block(block)
+    if train.compile:
+        for block in blocks:
+            block.compile()
+    if not info.enabled:
+        return model
+    if train.fsdp:
+        from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+        for block in blocks:
+            fully_shard(block)
+        fully_shard(model)
+        for name in FSDP_FORWARD_METHODS:
+            if hasattr(model, name):
+                register_fsdp_forward_method(model, name)
+        return model
+    from torch.distributed._composable.replicate import replicate
+
+    device = device or torch.device("cpu")
+    ids = [device.index] if device.type == "cuda" else None
+    replicate(model, device_ids=ids)
+    return model
+
+
+@contextlib.contextmanager
+def gradient_sync(model: nn.Module, sync: bool) -> Iterator[None]:
+    """Skip the gradient reduction of accumulation micro-steps (DDP and FSDP2 alike).
+
+    The block must hold both the forward and the backward: DDP reads the flag
+    when the forward starts, FSDP2 when the backward reduces.
+    """
+    if sync or not hasattr(model, "set_requires_gradient_sync"):
+        yield
+        return
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)

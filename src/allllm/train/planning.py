@@ -1,0 +1,194 @@
+"""Planning a new run (DESIGN.md §8): which shards, which rows, how many steps, what to replay.
+
+Rank 0 selects the shards a new run trains (``--only-new``: valid and not
+seen), counts their training rows (validation rows are held out, §5), draws
+replay rows once from seen shards that are still present, and returns a
+:class:`~allllm.train.run_plan.RunPlan` that every rank then follows.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from allllm.config import Config
+from allllm.data.registry import ScanResult, ScanSpec, ShardEntry, TokenizerIdentity, scan_shards
+from allllm.data.sampler import RowSampler
+from allllm.data.seen import SeenMap
+from allllm.data.valsplit import split_rows
+from allllm.train.options import Reporter, TrainOptions
+from allllm.train.run_plan import RunPlan, make_run_id, order_seed
+from allllm.util.clock import utc_iso
+
+
+@dataclass
+class Selection:
+    """Shards chosen for a new run, and the ones left out with their reasons."""
+
+    shards: list[ShardEntry]
+    excluded: list[tuple[ShardEntry, str]]
+    retrain: list[ShardEntry]  # seen shards trained again (no --only-new)
+
+
+def select_shards(scan: ScanResult, *, only_new: bool, pattern: str | None = None) -> Selection:
+    """Valid shards not seen (``only_new``) or all valid ones; ``pattern`` globs shard names."""
+    chosen, excluded = [], []
+    for entry in scan.all_entries():
+        if pattern and not (
+            fnmatch.fnmatch(entry.name, pattern)
+            or any(fnmatch.fnmatch(f, pattern) for f in entry.files.values())
+        ):
+            continue
+        if entry.eval_only:
+            excluded.append((entry, "eval only (data.eval_shards)"))
+        elif entry.state == "new" or (entry.state == "seen" and not only_new):
+            chosen.append(entry)
+        elif entry.state == "seen":
+            continue  # the normal case of --only-new; not worth a line
+        else:
+            excluded.append((entry, entry.state + (f": {entry.reason}" if entry.reason else "")))
+    retrain = [e for e in chosen if e.state == "seen"]
+    return Selection(sorted(chosen, key=lambda e: e.shard_id or ""), excluded, retrain)
+
+
+def _entry_by_id(scan: ScanResult) -> dict[str, ShardEntry]:
+    """shard_id -> the readable entry carrying it (the primary of duplicates)."""
+    found: dict[str, ShardEntry] = {}
+    for entry in scan.shards:
+        if entry.shard_id and entry.state in ("new", "seen", "superseded"):
+            found.setdefault(entry.shard_id, entry)
+    return found
+
+
+def _training_rows(entry: ShardEntry, seed: int, val_fraction: float) -> np.ndarray:
+    return split_rows(seed, entry.shard_id or "", entry.n_rows or 0, val_fraction)[0]
+
+
+def _row_tokens(entry: ShardEntry, rows: np.ndarray) -> int:
+    n_rows, seq_len = entry.n_rows or 0, entry.seq_len or 0
+    tokens = rows.size * seq_len
+    if n_rows and (rows == n_rows - 1).any():
+        tokens -= seq_len - (entry.last_row_len or seq_len)
+    return int(tokens)
+
+
+def plan_run(
+    cfg: Config,
+    selected: list[ShardEntry],
+    scan: ScanResult,
+    *,
+    start_step: int,
+    started: str,
+) -> RunPlan:
+    """A new run over ``selected`` (plus replay rows from seen shards when configured)."""
+    train = cfg.train
+    ids = sorted(e.shard_id for e in selected if e.shard_id)
+    run_id = make_run_id(ids, start_step)
+    by_id = {e.shard_id: e for e in selected}
+    rows, tokens = {}, {}
+    for sid in ids:
+        entry = by_id[sid]
+        train_rows = _training_rows(entry, train.seed, cfg.data.val_fraction)
+        rows[sid] = int(train_rows.size)
+        tokens[sid] = _row_tokens(entry, train_rows)
+    n_new = sum(rows.values())
+    replay = _draw_replay(cfg, scan, set(ids), n_new, run_id)
+    replay_rows = sum(len(r) for r in replay.values())
+    n_rows = n_new + replay_rows
+    replay_tokens = 0
+    known = _entry_by_id(scan)
+    for sid, rws in replay.items():
+        replay_tokens += _row_tokens(known[sid], np.asarray(rws))
+    sampler = RowSampler(
+        n_rows, train.batch_size, seed=order_seed(run_id, train.seed), epochs=train.epochs
+    )
+    return RunPlan(
+        run_id=run_id,
+        shard_ids=ids,
+        shard_files={sid: dict(by_id[sid].data_files) for sid in ids},
+        shard_rows=rows,
+        shard_tokens=tokens,
+        replay=replay,
+        epochs=train.epochs,
+        batch_size=train.batch_size,
+        order_seed=order_seed(run_id, train.seed),
+        val_seed=train.seed,
+        val_fraction=cfg.data.val_fraction,
+        start_step=start_step,
+        n_rows=n_rows,
+        total_steps=sampler.total_batches(),
+        total_tokens=(sum(tokens.values()) + replay_tokens) * train.epochs,
+        started=started,
+        sampler=sampler.state_dict(),
+    )
+
+
+def _draw_replay(
+    cfg: Config, scan: ScanResult, run_ids: set[str], n_new: int, run_id: str
+) -> dict[str, list[int]]:
+    """``n_new·r/(1−r)`` rows drawn without replacement from present seen shards' training rows."""
+    r = cfg.train.replay_fraction
+    if r <= 0 or n_new == 0:
+        return {}
+    pool_entries = [
+        e
+        for e in scan.shards
+        if e.state == "seen" and e.shard_id and e.shard_id not in run_ids and not e.eval_only
+    ]
+    pool_entries.sort(key=lambda e: e.shard_id or "")
+    parts = [_training_rows(e, cfg.train.seed, cfg.data.val_fraction) for e in pool_entries]
+    total = sum(p.size for p in parts)
+    want = min(total, math.floor(n_new * r / (1.0 - r) + 0.5))
+    if want == 0:
+        return {}
+    rng = np.random.Generator(np.random.PCG64(order_seed(run_id, cfg.train.seed + 1)))
+    picks = np.sort(rng.choice(total, size=want, replace=False))
+    out: dict[str, list[int]] = {}
+    offset = 0
+    for entry, part in zip(pool_entries, parts):
+        mine = picks[(picks >= offset) & (picks < offset + part.size)] - offset
+        if mine.size:
+            out[entry.shard_id or ""] = part[mine].astype(np.int64).tolist()
+        offset += part.size
+    return out
+
+
+def scan_for(
+    cfg: Config, ident: TokenizerIdentity, seen: dict[str, Any], opts: TrainOptions
+) -> ScanResult:
+    """The registry's view of data.dir for this config and seen map."""
+    return scan_shards(
+        cfg.data_dir,
+        ScanSpec.from_config(cfg, ident),
+        SeenMap.from_dict(seen, "checkpoint"),  # the bare shards map
+        trust_unverified=opts.trust_unverified,
+    )
+
+
+def choose_new_run(
+    cfg: Config, scan: ScanResult, opts: TrainOptions, start_step: int, reporter: Reporter
+) -> tuple[RunPlan | None, Selection]:
+    """Select shards and plan a new run (None when nothing is left to train)."""
+    selection = select_shards(scan, only_new=opts.only_new, pattern=opts.shards)
+    for entry, why in selection.excluded:
+        reporter.warn(f"skipping {entry.name}: {why}")
+    if selection.retrain:
+        reporter.warn(
+            f"{len(selection.retrain)} seen shard(s) will be trained again (no --only-new); "
+            "use --only-new to train only new shards"
+        )
+    # digests are checked before any training (status --verify does the same)
+    failed = scan.verify(selection.shards)
+    for entry in failed:
+        reporter.warn(f"skipping {entry.name}: invalid: {entry.reason}")
+    shards = [e for e in selection.shards if e not in failed]
+    if not shards:
+        return None, selection
+    plan = plan_run(cfg, shards, scan, start_step=start_step, started=utc_iso())
+    if plan.n_rows == 0:
+        return None, selection
+    return plan, selection

@@ -1,0 +1,155 @@
+"""``TrainState``: where training is, saved and restored whole as ``trainer_state.json``.
+
+Everything a checkpoint holds besides the weights and the optimizer lives in
+one object: the global step and tokens seen, the current run's plan with its
+sampler position, the cumulative seen map, every rank's RNG state, the run's
+config snapshot and tokenizer fingerprint, and the last losses. The trainer
+updates it as it trains; the checkpoint code writes ``state_dict()`` and reads
+it back with :meth:`TrainState.from_state_dict`, which migrates older formats
+and refuses newer ones (:mod:`allllm.util.versions`). Plain data: reading a
+state imports neither torch nor numpy (``status`` reads checkpoints too).
+
+Format 1 (every allllm so far) — ``trainer_state.json``::
+
+    format_version, step, tokens_seen, run_id, run_complete, run (the RunPlan),
+    run_summary (the runs.jsonl line, once complete), rng [per rank], world_size,
+    config (snapshot), tokenizer_fingerprint, seen {shard_id: record}, created,
+    last {loss, val_loss}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from allllm.errors import CheckpointError, DataError
+from allllm.train.run_plan import RunPlan
+from allllm.util.versions import FileFormat
+
+if TYPE_CHECKING:
+    import torch
+
+    from allllm.train.distributed import DistInfo
+
+#: trainer_state.json: version 1 is the only one so far (older versions would migrate here)
+STATE_FORMAT = FileFormat("trainer state", current=1)
+STATE_FORMAT_VERSION = STATE_FORMAT.current
+
+
+@dataclass
+class TrainState:
+    """The training position of one checkpoint (see the module doc for the file it becomes)."""
+
+    step: int = 0  # global optimizer steps
+    tokens_seen: int = 0  # tokens trained, all runs
+    run: RunPlan | None = None  # the current run (complete or pending), sampler position inside
+    seen: dict[str, Any] = field(default_factory=dict)  # cumulative seen map: shard_id -> record
+    rng: list[dict[str, Any]] = field(default_factory=list)  # every rank's RNG state
+    world_size: int = 1
+    config: dict[str, Any] = field(default_factory=dict)  # the run's config snapshot
+    tokenizer_fingerprint: str | None = None
+    run_summary: dict[str, Any] | None = None  # the run's runs.jsonl line once it is complete
+    last_loss: float | None = None
+    last_val_loss: float | None = None
+    created: str | None = None
+
+    @property
+    def run_complete(self) -> bool:
+        return self.run is None or self.run.complete
+
+    @property
+    def pending(self) -> RunPlan | None:
+        """The run to finish first, when the checkpoint is in the middle of one."""
+        return None if self.run_complete else self.run
+
+    # -- the file -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The JSON object of ``trainer_state.json`` (current format)."""
+        return {
+            "format_version": STATE_FORMAT_VERSION,
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "run_id": self.run.run_id if self.run else None,
+            "run_complete": self.run_complete,
+            "run": self.run.to_dict() if self.run else None,
+            "run_summary": self.run_summary,
+            "rng": self.rng,
+            "world_size": self.world_size,
+            "config": self.config,
+            "tokenizer_fingerprint": self.tokenizer_fingerprint,
+            "seen": self.seen,
+            "created": self.created,
+            "last": {"loss": self.last_loss, "val_loss": self.last_val_loss},
+        }
+
+    def load_state_dict(self, data: Any, where: str = "trainer_state.json") -> None:
+        """Take every field from ``data`` (migrated when older; FormatVersionError when newer).
+
+        A file that is not a trainer state at all is a CheckpointError (corrupt).
+        """
+        if STATE_FORMAT.version_of(data) is None:
+            raise CheckpointError(f"{where}: not a trainer state (no format_version)")
+        data = STATE_FORMAT.upgrade(data, where)
+        try:
+            run = RunPlan.from_dict(data["run"]) if data.get("run") is not None else None
+            last = data.get("last") or {}
+            self.step = _int(data["step"])
+            self.tokens_seen = _int(data.get("tokens_seen", 0))
+            self.run = run
+            if run is not None and "run_complete" in data:
+                run.complete = bool(data["run_complete"])
+            self.seen = dict(data.get("seen") or {})
+            self.rng = list(data.get("rng") or [])
+            self.world_size = _int(data.get("world_size", 1))
+            self.config = dict(data.get("config") or {})
+            self.tokenizer_fingerprint = data.get("tokenizer_fingerprint")
+            self.run_summary = data.get("run_summary")
+            self.last_loss = last.get("loss")
+            self.last_val_loss = last.get("val_loss")
+            self.created = data.get("created")
+        except (KeyError, TypeError, ValueError, AttributeError, DataError) as exc:
+            raise CheckpointError(f"{where}: malformed trainer state ({exc})") from None
+
+    @classmethod
+    def from_state_dict(cls, data: Any, where: str = "trainer_state.json") -> TrainState:
+        state = cls()
+        state.load_state_dict(data, where)
+        return state
+
+    # -- random numbers -------------------------------------------------------------------------
+    def capture_rng(self, device: torch.device, info: DistInfo) -> None:
+        """Store every rank's RNG state (collective: every rank must call it)."""
+        from allllm.train.distributed import gather_objects
+
+        self.rng = gather_objects(rng_state(device), info)
+        self.world_size = info.world_size
+
+    def restore_rng(self, device: torch.device, info: DistInfo) -> bool:
+        """Put this rank's saved RNG state back; False (reseeded from the step) when the saved
+        states are of another world size."""
+        import torch
+
+        if len(self.rng) == info.world_size:
+            mine = self.rng[info.rank]
+            torch.set_rng_state(torch.tensor(mine["torch"], dtype=torch.uint8))
+            if device.type == "cuda" and "cuda" in mine:
+                torch.cuda.set_rng_state(torch.tensor(mine["cuda"], dtype=torch.uint8), device)
+            return True
+        torch.manual_seed(self.step * 1_000_003 + info.rank)
+        return False
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This process's RNG state as plain lists (JSON, and loadable without pickles)."""
+    import torch
+
+    state: dict[str, Any] = {"torch": torch.get_rng_state().tolist()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device).tolist()
+    return state
+
+
+def _int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"expected an integer, got {value!r}")
+    return value

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from _machine import machine_description
-from allllm.data.raw.sources import RawSource, iter_batches, iter_pieces, source_sha256
+from allllm.data.raw import RawSource, iter_batches, iter_pieces, source_sha256
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "shakespeare"
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from allllm.data import dataset as dataset_mod
+from allllm.data import jsonl_rows
 from allllm.data.dataset import ShardDataset, ShardSource, build_line_index
 from allllm.data.valsplit import row_uniforms, split_rows, split_sizes, validation_mask
 from allllm.errors import DataError
@@ -91,7 +92,7 @@ def test_jsonl_random_access_reads_only_the_row(
 ) -> None:
     rows = random_rows(400, L, last_row_len=3, seed=4)  # ~25 KB
     src = make(data, rows, formats=("jsonl",))["jsonl"]
-    monkeypatch.setattr(dataset_mod, "INDEX_CHUNK", 1000)
+    monkeypatch.setattr(jsonl_rows, "INDEX_CHUNK", 1000)
     ShardDataset([src], vocab_limit=264).fetch([0])  # builds and caches the index
     cached = list((data / ".allllm" / "cache").glob("*.lines.npy"))
     assert len(cached) == 1 and cached[0].name.startswith(src.shard_id)

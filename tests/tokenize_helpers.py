@@ -21,7 +21,7 @@ import numpy as np
 
 from allllm import __version__
 from allllm.config import Config, TokenizerConfig, parse_config
-from allllm.data.raw.sources import iter_documents, resolve_sources
+from allllm.data.raw import iter_documents, resolve_sources
 from allllm.data.registry import ScanResult, ScanSpec, TokenizerIdentity, scan_shards
 from allllm.data.shard_format import (
     FORMAT_VERSION,

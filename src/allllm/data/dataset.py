@@ -23,7 +23,6 @@ tensor with one vectorized memmap gather per shard.
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from allllm.data.jsonl_rows import build_line_index, parse_jsonl_row
 from allllm.data.shard_format import CACHE_DIR, ShardMeta, numpy_dtype, shard_file
 from allllm.data.valsplit import split_rows
 from allllm.errors import DataError
@@ -40,7 +40,6 @@ from allllm.util.atomic import atomic_writer
 if TYPE_CHECKING:
     import torch
 
-INDEX_CHUNK = 8 << 20  # bytes scanned at a time while indexing a .jsonl (tests make it small)
 MAX_OPEN_SHARDS = 64  # open memmaps / file handles kept at once (each holds a descriptor)
 
 
@@ -80,49 +79,6 @@ class ShardSource:
 
     def row_len(self, row: int) -> int:
         return self.last_row_len if row == self.n_rows - 1 else self.seq_len
-
-
-# -- jsonl rows -------------------------------------------------------------------------------------
-
-
-def parse_jsonl_row(line: bytes, *, where: str, seq_len: int, vocab_limit: int) -> np.ndarray:
-    """One ``.jsonl`` row as int64 ids, validated; DataError naming ``where`` (file:line) if bad."""
-    hint = "re-tokenize the shard's source with `allllm tokenize`"
-    try:
-        ids = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
-        raise DataError(f"{where}: not valid JSON", hint) from None
-    if not isinstance(ids, list) or not ids:
-        raise DataError(f"{where}: expected a non-empty JSON list of token ids", hint)
-    arr = np.array(ids)
-    if arr.ndim != 1 or arr.dtype.kind not in "iu" or b"true" in line or b"false" in line:
-        raise DataError(f"{where}: the row must hold integers only", hint)
-    arr = arr.astype(np.int64, copy=False)
-    if arr.size > seq_len:
-        raise DataError(f"{where}: {arr.size} ids, more than seq_len {seq_len}", hint)
-    lo, hi = int(arr.min()), int(arr.max())
-    if lo < 0 or hi >= vocab_limit:
-        bad = lo if lo < 0 else hi
-        raise DataError(
-            f"{where}: id {bad} outside 0..{vocab_limit - 1} (vocab {vocab_limit})", hint
-        )
-    return arr
-
-
-def build_line_index(path: Path, chunk: int | None = None) -> np.ndarray:
-    """Byte offsets of every line start plus the file size (uint64), scanning in bounded chunks."""
-    chunk = chunk or INDEX_CHUNK
-    starts = [np.zeros(1, dtype=np.uint64)]
-    pos = 0
-    with path.open("rb") as fh:
-        while block := fh.read(chunk):
-            nl = np.flatnonzero(np.frombuffer(block, dtype=np.uint8) == 10)
-            starts.append((nl + 1 + pos).astype(np.uint64))
-            pos += len(block)
-    offsets = np.concatenate(starts)
-    if offsets[-1] != pos:  # no newline at the end: the last line runs to the end of the file
-        offsets = np.append(offsets, np.uint64(pos))
-    return offsets
 
 
 def _open_raw(path: Path) -> Any:

@@ -133,7 +133,7 @@ _BLOCK_ROWS = 4096  # rows checked and hashed at a time
 
 
 def _jsonl_summary(path: Path, seq_len: int, vocab_limit: int) -> tuple[str, int, int, int]:
-    from allllm.data.dataset import parse_jsonl_row
+    from allllm.data.jsonl_rows import parse_jsonl_row
     from allllm.data.shard_format import ShardIdHasher
 
     hasher, n_rows, n_tokens, prev_len = ShardIdHasher(), 0, 0, seq_len

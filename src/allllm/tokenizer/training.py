@@ -23,7 +23,7 @@ from allllm.tokenizer._shared import default_num_threads
 
 if TYPE_CHECKING:
     from allllm.config import Config, DataConfig, TokenizerConfig
-    from allllm.data.raw.sources import RawSource
+    from allllm.data.raw import RawSource
 
 #: training kind -> the tokenizer.backend that loads its output
 KIND_BACKEND = {"bpe": "hf", "sentencepiece": "sentencepiece"}
@@ -66,7 +66,7 @@ class _RawFeed:
         self.bytes_read = 0
 
     def __iter__(self) -> Iterator[str]:
-        from allllm.data.raw.sources import iter_batches
+        from allllm.data.raw import iter_batches
 
         cfg = self._data_cfg
         for source in self._sources:
@@ -366,7 +366,7 @@ def train_tokenizer_from_config(
     Existing files are kept unless ``force``. The result is loaded back through
     TokenizerManager, so a config that trains also loads.
     """
-    from allllm.data.raw.sources import resolve_sources
+    from allllm.data.raw import resolve_sources
     from allllm.tokenizer.manager import TokenizerManager
 
     tok_cfg = cfg.tokenizer

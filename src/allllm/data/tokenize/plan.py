@@ -34,7 +34,7 @@ from allllm.data.tokenize import journal
 from allllm.errors import DataError
 
 if TYPE_CHECKING:
-    from allllm.data.raw.sources import RawSource
+    from allllm.data.raw import RawSource
 
 PACK_LIMIT_BYTES = 256 << 20  # one packed shard holds at most this much input
 

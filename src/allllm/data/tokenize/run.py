@@ -146,7 +146,7 @@ def tokenize(
     size, the longest text handed to the tokenizer where it may be cut, the text
     per batch call, and the longest document held whole when it has no safe cut.
     """
-    from allllm.data.raw.sources import resolve_sources, source_identity, source_sha256
+    from allllm.data.raw import resolve_sources, source_identity, source_sha256
 
     started = time.perf_counter()
     progress = progress or NoProgress()
@@ -259,7 +259,7 @@ def _feed(
     Progress counts bytes on disk (compressed bytes for a ``.gz``), so every item
     advances by exactly its byte range, also where its text ends early.
     """
-    from allllm.data.raw.sources import iter_batches
+    from allllm.data.raw import iter_batches
 
     data_cfg = cfg.data
     for item in job.items:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from allllm.config import Config, TokenizerConfig
-from allllm.data.raw import sources as raw
+from allllm.data import raw
 from allllm.data.shard_format import ShardMeta, TokenizerInfo, read_meta
 from allllm.data.tokenize import run as tokenize_module
 from allllm.data.tokenize.plan import ExistingShard, live_shards, source_stem

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from allllm.demo.corpus import build_corpus, iter_entries
-from allllm.demo.run import MARKER, DemoSettings, QuietDemoUI, prepare_workspace, run_demo
+from allllm.demo.run import QuietDemoUI, run_demo
+from allllm.demo.workspace import MARKER, DemoSettings, prepare_workspace
 from allllm.errors import ConfigError, DataError
 from cli_helpers import cli_exit_code
 

@@ -13,15 +13,14 @@ from pathlib import Path
 import pytest
 
 from allllm.config import DataConfig
-from allllm.data.raw import sources as raw
+from allllm.data.raw import find as raw_find
 from allllm.data.raw import split as raw_split
-from allllm.data.raw.sources import (
-    RawSource,
+from allllm.data.raw.find import RawSource, resolve_sources
+from allllm.data.raw.read import (
     iter_batches,
     iter_documents,
     iter_pieces,
     iter_texts,
-    resolve_sources,
     source_identity,
     source_sha256,
 )
@@ -37,7 +36,7 @@ def write(path: Path, data: bytes | str) -> Path:
 
 
 def source(path: Path) -> RawSource:
-    kind = raw.source_kind(path.name)
+    kind = raw_find.source_kind(path.name)
     assert kind is not None
     return RawSource(path, path.stat().st_size, kind[0], kind[1])
 
@@ -206,8 +205,8 @@ def test_resolve_unreadable_entries_reported_even_as_root(tmp_path: Path, monkey
             raise PermissionError(13, "Permission denied")
         return real_scandir(path)
 
-    monkeypatch.setattr(raw, "open", fake_open, raising=False)
-    monkeypatch.setattr(raw.os, "scandir", fake_scandir)
+    monkeypatch.setattr(raw_find, "open", fake_open, raising=False)
+    monkeypatch.setattr(raw_find.os, "scandir", fake_scandir)
     warnings: list[str] = []
     assert [s.path.name for s in resolve_sources([str(tmp_path)], warn=warnings.append)] == [
         "ok.txt"

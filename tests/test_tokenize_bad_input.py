@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from allllm.config import Config, TokenizerConfig
-from allllm.data.raw import sources as raw
+from allllm.data.raw import find as raw_find
 from allllm.data.registry import scan_shards
 from allllm.data.tokenize import journal
 from allllm.data.tokenize import write as shard_writer
@@ -83,7 +83,7 @@ def test_unreadable_and_empty_files_are_skipped_with_a_reason(
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(raw, "open", deny, raising=False)  # root can read any file: pretend
+    monkeypatch.setattr(raw_find, "open", deny, raising=False)  # root can read any file: pretend
     cfg = make_config()
     summary = tokenize(cfg)
     assert [s.sources for s in summary.shards] == [["data/raw/good.txt"]]

@@ -6,11 +6,15 @@ and are never collected, so memory stays bounded on gigabytes of text: the
 sample of sentences (``input_sentence_size``). The result is written
 atomically where ``tokenizer.path`` points, so the config that trained it
 loads it unchanged.
+
+This module holds the byte-level BPE trainer, the raw-text feed and the
+entry point :func:`train_tokenizer_from_config`; the SentencePiece trainer is
+:mod:`allllm.tokenizer.train_sentencepiece`, the output path rules and writes
+:mod:`allllm.tokenizer.train_output` (re-exported here).
 """
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -19,19 +23,30 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from allllm.errors import DataError, TokenizerError
-from allllm.tokenizer._shared import default_num_threads
+from allllm.tokenizer.train_output import (
+    output_path,
+    refuse_overwrite,
+    resolve_kind,
+    write_tokenizer_file,
+)
+from allllm.tokenizer.train_sentencepiece import sentences_for_sentencepiece, train_sentencepiece
 
 if TYPE_CHECKING:
-    from allllm.config import Config, DataConfig, TokenizerConfig
+    from allllm.config import Config, DataConfig
     from allllm.data.raw import RawSource
 
-#: training kind -> the tokenizer.backend that loads its output
-KIND_BACKEND = {"bpe": "hf", "sentencepiece": "sentencepiece"}
-BACKEND_KIND = {backend: kind for kind, backend in KIND_BACKEND.items()}
+__all__ = [
+    "BPE_SPECIAL_TOKENS",
+    "TrainResult",
+    "output_path",
+    "resolve_kind",
+    "sentences_for_sentencepiece",
+    "train_bpe",
+    "train_sentencepiece",
+    "train_tokenizer_from_config",
+]
 
 BPE_SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>")
-SP_MAX_SENTENCE_BYTES = 4192  # SentencePiece's default; longer sentences would be dropped
-SP_INPUT_SENTENCES = 2_000_000  # the bounded random sample SentencePiece trains on
 
 
 @dataclass(frozen=True)
@@ -87,106 +102,6 @@ class _RawFeed:
             raise DataError(f"no text to train a tokenizer on in {where}", "check data.raw_path")
 
 
-class _KeepError:
-    """Passes ``texts`` through and keeps the exception that ended them.
-
-    SentencePiece turns an exception raised inside its iterator into a generic
-    RuntimeError; keeping the original lets a DataError reach the user intact.
-    """
-
-    def __init__(self, texts: Iterable[str]) -> None:
-        self._texts = texts
-        self.error: BaseException | None = None
-
-    def __iter__(self) -> Iterator[str]:
-        try:
-            yield from self._texts
-        except BaseException as exc:
-            self.error = exc
-            raise
-
-
-# -- output locations -----------------------------------------------------------------------------
-
-
-def resolve_kind(backend: str, kind: str | None) -> str:
-    """The training kind for ``tokenizer.backend`` (an explicit kind must match it)."""
-    if backend not in BACKEND_KIND:
-        raise TokenizerError(
-            f"cannot train a tokenizer for backend {backend!r}",
-            'set tokenizer.backend to "hf" (byte-level BPE) or "sentencepiece" and tokenizer.path '
-            "to where the new tokenizer should go",
-        )
-    if kind is None:
-        return BACKEND_KIND[backend]
-    if kind not in KIND_BACKEND:
-        raise TokenizerError(f"unknown tokenizer kind {kind!r}", "use bpe or sentencepiece")
-    if KIND_BACKEND[kind] != backend:
-        raise TokenizerError(
-            f"a {kind} tokenizer is loaded by backend {KIND_BACKEND[kind]!r}, but "
-            f"tokenizer.backend is {backend!r}",
-            f'set tokenizer.backend to "{KIND_BACKEND[kind]}" or drop --kind',
-        )
-    return kind
-
-
-def output_path(tok_cfg: TokenizerConfig, kind: str) -> tuple[Path, bool]:
-    """Where the trained tokenizer goes, and whether that is a tokenizer folder (hf only)."""
-    from allllm.tokenizer.hf import looks_like_hub_id
-
-    raw = str(tok_cfg.path or "")
-    path = Path(raw).expanduser()
-    if not raw:
-        raise TokenizerError("tokenizer.path is empty", "set it to where the tokenizer should go")
-    if kind == "sentencepiece":
-        if path.suffix != ".model" or path.is_dir():
-            raise TokenizerError(
-                f"tokenizer.path {raw}: a SentencePiece tokenizer is written to a .model file",
-                "set tokenizer.path to e.g. tokenizers/mine.model",
-            )
-        return path, False
-    if path.is_dir():
-        return path / "tokenizer.json", True
-    if path.suffix == ".json":
-        return path, False
-    if not path.suffix and not path.exists():
-        if looks_like_hub_id(raw):
-            raise TokenizerError(
-                f"tokenizer.path {raw!r} looks like a Hugging Face Hub id, not a local folder",
-                f"write ./{raw} for a new local folder, or name a .json file",
-            )
-        return path / "tokenizer.json", True
-    raise TokenizerError(
-        f"tokenizer.path {raw}: a Hugging Face tokenizer is written to a .json file or a folder",
-        "set tokenizer.path to e.g. tokenizers/mine/tokenizer.json or tokenizers/mine",
-    )
-
-
-def _write(path: Path, data: str | bytes) -> None:
-    """Write atomically (the old file, if any, survives a crash); OSError becomes one line."""
-    from allllm.util.atomic import atomic_write_bytes, atomic_write_text
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(data, bytes):
-            atomic_write_bytes(path, data)
-        else:
-            atomic_write_text(path, data)
-    except OSError as exc:
-        raise TokenizerError(
-            f"{path}: cannot write the tokenizer: {exc.strerror or exc}",
-            "choose a writable tokenizer.path",
-        ) from None
-
-
-def _refuse_overwrite(paths: Iterable[Path]) -> None:
-    for p in paths:
-        if p.exists():
-            raise TokenizerError(
-                f"{p} already exists", "pass --force to replace it, or change tokenizer.path"
-            )
-
-
 # -- trainers -------------------------------------------------------------------------------------
 
 
@@ -224,7 +139,7 @@ def train_bpe(
         show_progress=False,  # allllm shows one progress bar, over bytes read
     )
     tok.train_from_iterator(texts, trainer=trainer)
-    _write(out_path, tok.to_str(pretty=True))
+    write_tokenizer_file(out_path, tok.to_str(pretty=True))
     if folder:
         sidecar = {
             "tokenizer_class": "PreTrainedTokenizerFast",
@@ -236,92 +151,9 @@ def train_bpe(
         }
         if model_max_length is not None:
             sidecar["model_max_length"] = model_max_length
-        _write(out_path.parent / "tokenizer_config.json", json.dumps(sidecar, indent=2) + "\n")
-
-
-def sentences_for_sentencepiece(
-    texts: Iterable[str], max_bytes: int = SP_MAX_SENTENCE_BYTES
-) -> Iterator[str]:
-    """Non-empty lines, long ones cut into pieces of at most ``max_bytes`` UTF-8 bytes.
-
-    SentencePiece silently skips sentences longer than its limit; cutting keeps
-    their text (at a character boundary) and bounds the memory of its sample.
-    """
-    max_bytes = max(max_bytes, 4)  # room for any one character
-    for text in texts:
-        for line in text.splitlines():
-            if not line.strip():
-                continue
-            if len(line) * 4 <= max_bytes:  # fits whatever its characters
-                yield line
-                continue
-            data = line.encode("utf-8", "surrogatepass")
-            start = 0
-            while start < len(data):
-                end = min(start + max_bytes, len(data))
-                while end < len(data) and data[end] & 0xC0 == 0x80:  # inside a character
-                    end -= 1
-                yield data[start:end].decode("utf-8", "surrogatepass")
-                start = end
-
-
-def train_sentencepiece(
-    texts: Iterable[str],
-    vocab_size: int,
-    out_path: Path,
-    *,
-    input_sentence_size: int = SP_INPUT_SENTENCES,
-    max_sentence_length: int = SP_MAX_SENTENCE_BYTES,
-    num_threads: int | None = None,
-) -> None:
-    """Train a SentencePiece BPE (Llama-style: byte fallback, no normalization) to ``out_path``.
-
-    The text is kept exactly (identity normalization, whitespace kept), so
-    decode(encode(text)) == text. Ids: unk 0, BOS 1, EOS 2, PAD 3.
-    """
-    import sentencepiece as spm
-
-    minimum = 256 + 4 + 1  # byte pieces, unk/bos/eos/pad, and at least one learned piece
-    if vocab_size < minimum:
-        raise TokenizerError(
-            f"vocab_size {vocab_size} is too small for SentencePiece with byte fallback",
-            f"use at least {minimum} (256 bytes + 4 special pieces + the text's characters)",
+        write_tokenizer_file(
+            out_path.parent / "tokenizer_config.json", json.dumps(sidecar, indent=2) + "\n"
         )
-    feed = _KeepError(texts)
-    model = io.BytesIO()
-    try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=sentences_for_sentencepiece(feed, max_sentence_length),
-            model_writer=model,
-            model_type="bpe",
-            vocab_size=vocab_size,
-            hard_vocab_limit=False,  # a small corpus gives fewer pieces, as BPE does
-            byte_fallback=True,
-            character_coverage=0.9995,
-            normalization_rule_name="identity",
-            remove_extra_whitespaces=False,
-            allow_whitespace_only_pieces=True,
-            split_digits=True,
-            unk_id=0,
-            bos_id=1,
-            eos_id=2,
-            pad_id=3,
-            input_sentence_size=input_sentence_size,
-            shuffle_input_sentence=True,
-            max_sentence_length=max_sentence_length,
-            train_extremely_large_corpus=False,
-            num_threads=num_threads or default_num_threads(),
-            minloglevel=2,
-        )
-    except RuntimeError as exc:
-        if feed.error is not None:
-            raise feed.error from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "training failed"
-        raise TokenizerError(
-            f"SentencePiece training failed: {first.removeprefix('INTERNAL: ')[:300]}",
-            "adjust --vocab-size (or give more text)",
-        ) from None
-    _write(out_path, model.getvalue())
 
 
 # -- the library entry point of `allllm tokenizer train` ---------------------------------------
@@ -380,7 +212,7 @@ def train_tokenizer_from_config(
             "lower --vocab-size or raise model.vocab_size",
         )
     if not force:
-        _refuse_overwrite([out, out.parent / "tokenizer_config.json"] if folder else [out])
+        refuse_overwrite([out, out.parent / "tokenizer_config.json"] if folder else [out])
 
     sources = resolve_sources(cfg.data.raw_paths)
     with _byte_progress(sum(s.size for s in sources), show_progress) as advance:

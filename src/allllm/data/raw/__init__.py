@@ -1,22 +1,20 @@
 """Raw text in: find the sources of ``data.raw_path``, read their bytes, split documents.
 
-``sources`` finds and describes sources and streams their documents,
-``byte_stream`` reads (decompressed) byte ranges cut at safe points, and
-``split`` cuts a source into document pieces with exact byte offsets.
+``find`` finds and describes sources, ``read`` streams their documents (and hashes
+and identifies them), ``byte_stream`` reads (decompressed) byte ranges cut at safe
+points, ``split`` cuts a source into document pieces with exact byte offsets, and
+``pieces`` holds the piece types and the builder that collects them into batches.
+Code outside this package imports from here, not from the modules.
 """
 
-from allllm.data.raw.sources import (
-    SUFFIXES,
-    PieceBatch,
-    RawSource,
-    TextPiece,
+from allllm.data.raw.find import SUFFIXES, RawSource, resolve_sources, source_kind
+from allllm.data.raw.pieces import PieceBatch, TextPiece
+from allllm.data.raw.read import (
     iter_batches,
     iter_documents,
     iter_pieces,
     iter_texts,
-    resolve_sources,
     source_identity,
-    source_kind,
     source_sha256,
 )
 

@@ -16,14 +16,15 @@ it exactly — each piece starts where the one before it ends, the first at the
 range's start (a dropped BOM included), the last at the range's end. Bytes
 that give no text (skipped blank lines and whitespace-only documents) belong to
 the document after them; those after the last document belong to the last.
+
+The pieces themselves and the ``BatchBuilder`` that collects them are in ``pieces``.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from itertools import accumulate, compress
 from operator import add
 from typing import Any
@@ -37,6 +38,7 @@ from allllm.data.raw.byte_stream import (
     split_cut,
     tail_cut,
 )
+from allllm.data.raw.pieces import BatchBuilder, PieceBatch
 from allllm.errors import DataError
 
 BOM = b"\xef\xbb\xbf"
@@ -51,130 +53,6 @@ WS_BYTES = (
 _BLANK_LINES = re.compile(rb"(?:" + WS_BYTES + rb"*\n)+")  # blank lines, from a line start
 _PARA_END = re.compile(rb"\n(?:" + WS_BYTES + rb"*\n)+")  # a line end, then blank lines
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-@dataclass(frozen=True)
-class PieceBatch:
-    """Consecutive pieces of one source as parallel lists: the fast path for bulk consumers.
-
-    Piece ``i`` is ``texts[i]`` over bytes ``[ends[i-1], ends[i])`` (the first from
-    ``start``); ``doc_starts[i]`` says it is the first piece of its document. A piece
-    is the last of its document when the next piece starts one, or, for the batch's
-    last piece, when the batch is not ``open`` (its document goes on in the next
-    batch). ``read_bytes`` is how far the file on disk has been read (compressed bytes
-    for ``.gz``), for progress bars over ``RawSource.size``.
-    """
-
-    texts: list[str]
-    ends: list[int]
-    doc_starts: list[bool]
-    start: int
-    open: bool
-    read_bytes: int
-
-    @property
-    def end(self) -> int:
-        return self.ends[-1]
-
-
-class _Builder:
-    """Collects the pieces of the next batch.
-
-    The open document's latest piece is ``held`` back until it is known whether it is
-    the document's last; the newest finished piece stays back too (``flush`` keeps it)
-    so the very last piece of the range can still be stretched to the range's end. A
-    whitespace-only run that may or may not belong to a document is ``tentative``.
-    """
-
-    def __init__(
-        self, start: int, cap: int, reread: Callable[[int, int], Iterable[tuple[str, int]]]
-    ):
-        self.texts: list[str] = []
-        self.ends: list[int] = []
-        self.firsts: list[bool] = []  # the piece starts its document
-        self.batch_start = start
-        self.covered = start  # end of the newest piece
-        self.held: str | None = None
-        self.held_end = 0
-        self.held_first = True
-        self.tent: list[tuple[str, int]] | None = None
-        self.tent_prefix = ""
-        self.tent_start = self.tent_end = self.tent_size = 0
-        self.tent_over = False  # too big to keep: read it again if it turns out to be text
-        self.cap = cap
-        self.reread = reread
-
-    def _final(self, text: str, end: int, first: bool) -> None:
-        self.texts.append(text)
-        self.ends.append(end)
-        self.firsts.append(first)
-
-    def add(self, text: str, end: int) -> None:
-        """Text of the open document (a new one if none is open) up to byte ``end``."""
-        if self.tent is not None:
-            self._commit()
-        self._add(text, end)
-
-    def _add(self, text: str, end: int) -> None:
-        first = self.held is None
-        if not first:
-            self._final(self.held, self.held_end, self.held_first)  # type: ignore[arg-type]
-        self.held, self.held_end, self.held_first, self.covered = text, end, first, end
-
-    def extend(self, end: int) -> None:
-        """The open document also covers bytes that add no text (its line end)."""
-        self.held_end = self.covered = end
-
-    def close(self) -> None:
-        """The open document (if any) ends; a tentative run was not part of it."""
-        self.tent = None
-        if self.held is not None:
-            self._final(self.held, self.held_end, self.held_first)
-            self.held = None
-
-    def whole(self, texts: list[str], ends: list[int]) -> None:
-        """Whole one-piece documents (no document may be open)."""
-        if texts:
-            self.texts += texts
-            self.ends += ends
-            self.firsts += [True] * len(texts)
-            self.covered = ends[-1]
-
-    def maybe(self, text: str, start: int, end: int, prefix: str = "") -> None:
-        """Whitespace that belongs to the document only if text follows before it ends."""
-        if self.tent is None:
-            self.tent, self.tent_prefix, self.tent_start = [], prefix, start
-            self.tent_size, self.tent_over = 0, False
-        self.tent_end = end
-        if not self.tent_over:
-            self.tent_size += end - start
-            if self.tent_size > self.cap:
-                self.tent, self.tent_over = [], True
-            else:
-                self.tent.append((text, end))
-
-    def _commit(self) -> None:
-        parts = self.reread(self.tent_start, self.tent_end) if self.tent_over else self.tent
-        prefix, self.tent = self.tent_prefix, None
-        for text, end in parts:  # type: ignore[union-attr]
-            self._add(prefix + text, end)
-            prefix = ""
-
-    def flush(self, read_bytes: int, final_end: int | None = None) -> PieceBatch | None:
-        texts, ends, firsts = self.texts, self.ends, self.firsts
-        if final_end is not None:  # the range is done (close() was called)
-            if not texts:
-                return None
-            ends[-1] = final_end
-            self.texts, self.ends, self.firsts = [], [], []
-            return PieceBatch(texts, ends, firsts, self.batch_start, False, read_bytes)
-        if len(texts) < 2:
-            return None
-        keep = texts.pop(), ends.pop(), firsts.pop()
-        batch = PieceBatch(texts, ends, firsts, self.batch_start, not keep[2], read_bytes)
-        self.batch_start = ends[-1]
-        self.texts, self.ends, self.firsts = [keep[0]], [keep[1]], [keep[2]]
-        return batch
 
 
 def _json_type(value: Any) -> str:
@@ -221,7 +99,7 @@ class SourceSplitter:
     def batches(self) -> Iterator[PieceBatch]:
         self.rd = SourceReader(self.path, self.display, self.compressed, self.start, self.end)
         try:
-            self.b = _Builder(self.start, TENTATIVE_CHUNKS * self.chunk, self._reread)
+            self.b = BatchBuilder(self.start, TENTATIVE_CHUNKS * self.chunk, self._reread)
             head = self.rd.read_head(3) if self.start == 0 else b""
             self.at = self.start  # offset of the first byte after `head`'s place
             if head == BOM:  # dropped from the text; its bytes stay in the first piece's range

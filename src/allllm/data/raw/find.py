@@ -1,62 +1,30 @@
-"""allllm's one raw-text reader: find the sources of ``data.raw_path`` and stream their documents.
+"""Find the sources of ``data.raw_path``: which files are raw input, and what each one is.
 
 ``resolve_sources`` turns the config's paths (files, folders, globs, or a list of
-them) into a deterministic list of ``RawSource``; ``iter_pieces`` streams one
-source as documents (DESIGN.md §3) in pieces of bounded size with exact byte
-offsets, so ``allllm tokenize`` can tokenize appended bytes on their own and a
-progress bar can count bytes. ``iter_batches`` is the same stream as parallel
-lists, for consumers that need speed more than per-piece objects.
-
-Input: ``.txt``, ``.txt.gz``, ``.jsonl`` and ``.jsonl.gz`` (any case), UTF-8; a
-leading BOM is dropped. Documents per ``data.document_boundary``:
-
-- ``file``: the whole file, as-is (``\\r\\n`` kept);
-- ``line``: each line, without its ``\\n`` / ``\\r\\n``;
-- ``blank_line``: paragraphs separated by one or more blank (whitespace-only)
-  lines, their lines joined with ``\\n``, without a trailing newline;
-- ``.jsonl``: one record a document (its ``data.text_field``), whatever the boundary.
-
-Documents that are empty or only whitespace are skipped; so are blank lines of a
-``.jsonl`` file. "Whitespace" is what ``str.isspace`` says. Only ``\\n`` and
-``\\r\\n`` end lines (a lone ``\\r``, form feed or U+2028 does not).
-
-Memory stays bounded whatever the input (see ``raw_split``). One pathological
-case costs time instead: a whitespace run of more than 4 chunks whose document
-turns out to have text is read twice (for a ``.gz`` by decompressing again from
-the start).
+them) into a deterministic list of ``RawSource``; ``source_kind`` tells raw input
+(``.txt``, ``.txt.gz``, ``.jsonl`` and ``.jsonl.gz``, any case) from other files.
+Finding is kept apart from reading (``read``): it looks only at names, folders and
+file metadata, never at the text.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from allllm.data.raw.split import PieceBatch, SourceSplitter
 from allllm.data.shard_format import parse_shard_name
 from allllm.errors import DataError
 
-if TYPE_CHECKING:
-    from allllm.config import DataConfig
-
 __all__ = [
     "SUFFIXES",
-    "PieceBatch",
     "RawSource",
-    "TextPiece",
-    "iter_batches",
-    "iter_documents",
-    "iter_pieces",
-    "iter_texts",
     "resolve_sources",
-    "source_identity",
     "source_kind",
-    "source_sha256",
 ]
 
 log = logging.getLogger(__name__)
@@ -69,7 +37,6 @@ SUFFIXES: dict[str, tuple[Literal["txt", "jsonl"], bool]] = {
     ".jsonl": ("jsonl", False),
 }
 _KNOWN = ".txt, .txt.gz, .jsonl or .jsonl.gz"
-BOUNDARIES = ("file", "blank_line", "line")
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -91,23 +58,6 @@ class RawSource:
             except ValueError:
                 pass
         return str(self.path)
-
-
-@dataclass(frozen=True)
-class TextPiece:
-    """Part of one document, with the bytes it came from.
-
-    ``start``/``end`` are offsets in the source's byte stream (the file itself, or
-    the decompressed stream of a ``.gz``). A source's pieces tile the range read:
-    each starts where the one before it ends, skipped bytes (blank lines,
-    whitespace-only documents, line ends) count to a neighbouring document.
-    """
-
-    text: str
-    doc_start: bool  # first piece of a document
-    doc_end: bool  # last piece of a document
-    start: int
-    end: int
 
 
 def source_kind(name: str) -> tuple[Literal["txt", "jsonl"], bool] | None:
@@ -305,160 +255,3 @@ def resolve_sources(
             f"add {_KNOWN} files there, or point {label} at them",
         )
     return resolver.sources
-
-
-# -- reading ------------------------------------------------------------------------------------
-
-
-def iter_batches(
-    source: RawSource,
-    *,
-    boundary: str,
-    text_field: str = "text",
-    on_decode_error: str = "error",
-    chunk_bytes: int = 1 << 20,
-    start: int = 0,
-    end: int | None = None,
-    max_record_bytes: int = 256 << 20,
-) -> Iterator[PieceBatch]:
-    """The pieces of ``iter_pieces`` as ``PieceBatch`` lists (same arguments and errors).
-
-    No object per piece: several times faster than ``iter_pieces`` for many short
-    documents (``line`` mode), so bulk consumers should prefer it.
-    """
-    if boundary not in BOUNDARIES:
-        raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
-    if on_decode_error not in ("error", "replace"):
-        raise ValueError(f"on_decode_error must be 'error' or 'replace', got {on_decode_error!r}")
-    if chunk_bytes < 1 or max_record_bytes < 1:
-        raise ValueError("chunk_bytes and max_record_bytes must be positive")
-    if start < 0 or (end is not None and end < start):
-        raise ValueError(f"bad byte range start={start} end={end}")
-    if source.compressed and (start or end is not None):
-        raise DataError(
-            f"{source.display}: a byte range of a compressed file cannot be read",
-            "decompress it (gunzip) so appended text can be read on its own",
-        )
-    splitter = SourceSplitter(
-        source,
-        boundary=boundary,
-        text_field=text_field,
-        on_decode_error=on_decode_error,
-        chunk_bytes=chunk_bytes,
-        start=start,
-        end=end,
-        max_record_bytes=max_record_bytes,
-    )
-    return splitter.batches()
-
-
-def iter_pieces(
-    source: RawSource,
-    *,
-    boundary: str,
-    text_field: str = "text",
-    on_decode_error: str = "error",
-    chunk_bytes: int = 1 << 20,
-    start: int = 0,
-    end: int | None = None,
-    max_record_bytes: int = 256 << 20,
-) -> Iterator[TextPiece]:
-    """Stream ``source`` as documents, each in one or more pieces of bounded size.
-
-    A piece holds at most about ``chunk_bytes`` bytes of input (a few more, since a
-    character is never split); a longer document comes in several pieces cut at
-    arbitrary character boundaries — the consumer decides where ids may be cut;
-    ``"".join`` of a document's piece texts is the document. ``start``/``end`` read
-    only that byte range of an uncompressed file, as if the file began and ended there
-    (a BOM is dropped only at byte 0); for a ``.gz`` any range is a DataError.
-
-    When the range holds any document, the pieces' byte ranges tile it exactly: the
-    first starts at ``start``, each next one where the previous ended, the last ends
-    at ``end`` (or the end of the file); skipped bytes count to the next document, or
-    after the last document to the last one.
-
-    Errors (DataError, one line each): invalid UTF-8 with ``on_decode_error="error"``
-    (file and byte offset; with ``"replace"`` bad bytes become U+FFFD); a ``.jsonl``
-    line that is not JSON, not an object, lacks ``text_field`` or holds a non-string
-    there (file, line and byte offset), or is longer than ``max_record_bytes``; a
-    file that is shorter than ``end`` or a broken ``.gz``.
-    """
-    for batch in iter_batches(
-        source,
-        boundary=boundary,
-        text_field=text_field,
-        on_decode_error=on_decode_error,
-        chunk_bytes=chunk_bytes,
-        start=start,
-        end=end,
-        max_record_bytes=max_record_bytes,
-    ):
-        at = batch.start
-        starts = batch.doc_starts
-        nxt = [*starts[1:], not batch.open]  # the next piece starts a document: this one ends
-        for text, piece_end, first, last in zip(batch.texts, batch.ends, starts, nxt):
-            yield TextPiece(text, first, last, at, piece_end)
-            at = piece_end
-
-
-def iter_documents(source: RawSource, **kwargs: object) -> Iterator[str]:
-    """Whole documents of ``source`` (``iter_pieces`` joined; same arguments).
-
-    Memory grows with the longest document: only for tests and small inputs, never
-    for a pipeline that must survive a multi-GB line.
-    """
-    parts: list[str] = []
-    for piece in iter_pieces(source, **kwargs):  # type: ignore[arg-type]
-        if piece.doc_start:
-            parts = []
-        parts.append(piece.text)
-        if piece.doc_end:
-            yield "".join(parts)
-
-
-def iter_texts(
-    data_cfg: DataConfig, sources: list[RawSource] | None = None, chunk_bytes: int = 1 << 20
-) -> Iterator[str]:
-    """Every piece's text of every source, for tokenizer training (documents in bounded pieces)."""
-    if sources is None:
-        sources = resolve_sources(data_cfg.raw_paths)
-    for source in sources:
-        for batch in iter_batches(
-            source,
-            boundary=data_cfg.document_boundary,
-            text_field=data_cfg.text_field,
-            on_decode_error=data_cfg.on_decode_error,
-            chunk_bytes=chunk_bytes,
-        ):
-            yield from batch.texts
-
-
-def source_sha256(source: RawSource, end: int | None = None) -> str:
-    """sha256 of the file's bytes on disk ``[0, end)`` (the whole file if ``end`` is None).
-
-    A file shorter than ``end`` is a DataError: it was truncated or replaced.
-    """
-    h = hashlib.sha256()
-    done = 0
-    try:
-        with open(source.path, "rb") as fh:
-            while end is None or done < end:
-                block = fh.read(1 << 20 if end is None else min(1 << 20, end - done))
-                if not block:
-                    break
-                h.update(block)
-                done += len(block)
-    except OSError as exc:
-        raise DataError(f"{source.display}: cannot read: {exc.strerror}") from None
-    if end is not None and done < end:
-        raise DataError(
-            f"{source.display}: has {done} bytes, fewer than the {end} expected",
-            "it was truncated or replaced; tokenize it again from the start (allllm tokenize "
-            "--force)",
-        )
-    return h.hexdigest()
-
-
-def source_identity(source: RawSource) -> str:
-    """The resolved absolute path, to recognize a source across runs and spellings."""
-    return os.path.realpath(source.path)

@@ -1,0 +1,61 @@
+"""Run configuration: pydantic models for ``configs/<name>.json`` and their lookup.
+
+One import point, so callers need not know which submodule holds a name: the
+models are in ``sections``, reading files and finding configs and presets in
+``files``. It stays light (pydantic only, no torch) so ``allllm config`` starts
+fast. The contract for every key is ``DESIGN.md`` §2; the lookup rules are §1.
+"""
+
+from __future__ import annotations
+
+from allllm.config.files import (
+    CONFIG_DIR,
+    ConfigSource,
+    describe_validation_error,
+    find_config,
+    init_config,
+    iter_known_configs,
+    load_config,
+    load_config_file,
+    local_config_paths,
+    parse_config,
+    preset_names,
+    read_json_file,
+)
+from allllm.config.sections import (
+    ARCH_DEFAULTS,
+    NAME_PATTERN,
+    Config,
+    DataConfig,
+    ModelConfig,
+    TokenizerConfig,
+    TrainConfig,
+    default_intermediate_size,
+    is_tiktoken_file,
+    parse_duration,
+)
+
+__all__ = [
+    "ARCH_DEFAULTS",
+    "CONFIG_DIR",
+    "NAME_PATTERN",
+    "Config",
+    "ConfigSource",
+    "DataConfig",
+    "ModelConfig",
+    "TokenizerConfig",
+    "TrainConfig",
+    "default_intermediate_size",
+    "describe_validation_error",
+    "find_config",
+    "init_config",
+    "is_tiktoken_file",
+    "iter_known_configs",
+    "load_config",
+    "load_config_file",
+    "local_config_paths",
+    "parse_config",
+    "parse_duration",
+    "preset_names",
+    "read_json_file",
+]

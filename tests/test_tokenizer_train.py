@@ -23,8 +23,8 @@ from allllm.tokenizer.training import (
     sentences_for_sentencepiece,
     train_bpe,
     train_sentencepiece,
-    train_tokenizer_from_config,
 )
+from allllm.use.tokenizer_training import train_tokenizer_from_config
 
 
 def make_config(tokenizer: dict, vocab_size: int = 512, **data: object) -> Config:

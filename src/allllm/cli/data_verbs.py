@@ -151,7 +151,7 @@ def tokenizer_train(
     Example: allllm tokenizer train --model my-model --vocab-size 32000 --kind bpe
     """
     from allllm.config import load_config
-    from allllm.tokenizer.training import train_tokenizer_from_config
+    from allllm.use.tokenizer_training import train_tokenizer_from_config
 
     if kind is not None and kind not in ("bpe", "sentencepiece"):
         raise typer.BadParameter("must be 'bpe' or 'sentencepiece'", param_hint="--kind")

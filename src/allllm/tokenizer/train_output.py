@@ -1,7 +1,7 @@
 """Where ``allllm tokenizer train`` writes: the kind for a backend, output path rules, atomic writes.
 
 Kept apart so that both trainers share them without an import circle:
-:mod:`allllm.tokenizer.training` (byte-level BPE and the entry point) imports
+:mod:`allllm.tokenizer.training` (byte-level BPE) imports
 :mod:`allllm.tokenizer.train_sentencepiece`, never the other way round, and
 both import this module.
 """

@@ -3,8 +3,8 @@
 SentencePiece keeps a bounded random sample of sentences
 (``input_sentence_size``), so memory stays bounded on gigabytes of text; long
 lines are cut into pieces it will not drop. Kept apart from the byte-level BPE
-trainer and the entry point (:mod:`allllm.tokenizer.training`), which calls
-:func:`train_sentencepiece`.
+trainer (:mod:`allllm.tokenizer.training`, which re-exports it); the entry point
+:mod:`allllm.use.tokenizer_training` calls :func:`train_sentencepiece`.
 """
 
 from __future__ import annotations

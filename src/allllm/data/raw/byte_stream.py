@@ -1,7 +1,7 @@
 """Reading a raw source's bytes: the (decompressed) stream of a byte range, cut only
 between UTF-8 characters, and decoded with errors that name the file and byte offset.
 
-The splitter (``raw_split``) finds documents in these bytes; this module only
+The splitter (:mod:`allllm.data.raw.split`) finds documents in these bytes; this module only
 guarantees that every block it hands on starts and ends on a character boundary,
 so each decodes on its own and every offset stays exact.
 """

@@ -28,8 +28,9 @@ from allllm.config import Config, TrainConfig, parse_config
 from allllm.data.dataset import ShardDataset
 from allllm.data.tokenize.run import tokenize
 from allllm.train import session as trainer_mod
-from allllm.train.metrics import METRICS_FILE, read_jsonl
+from allllm.train.metrics import METRICS_FILE
 from allllm.train.options import QuietReporter, TrainOptions
+from allllm.util.jsonl import read_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path("/work/shared/corpus/shakespeare")

@@ -36,7 +36,8 @@ import torch
 
 from _machine import machine_description
 from allllm.config import ModelConfig, load_config_file
-from allllm.model import Transformer, to_hf
+from allllm.hf import to_hf
+from allllm.model import Transformer
 
 ROOT = Path(__file__).resolve().parent.parent
 LossFn = Callable[[torch.Tensor], torch.Tensor]

@@ -48,7 +48,8 @@ from typing import Any
 from _machine import machine_description
 from allllm.config import Config, TokenizerConfig, parse_config
 from allllm.data.raw import iter_documents, resolve_sources
-from allllm.data.tokenize.run import TIMING_STAGES, tokenize
+from allllm.data.tokenize.run import tokenize
+from allllm.data.tokenize.summary import TIMING_STAGES
 from allllm.tokenizer._shared import default_num_threads
 from allllm.tokenizer.manager import TokenizerManager
 

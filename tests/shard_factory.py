@@ -1,4 +1,4 @@
-"""Write valid shards (DESIGN.md §4, exactly per ``allllm.data.shard_format``) from token rows.
+"""Write valid shards (docs/design.md: shards, exactly per ``allllm.data.shard_format``) from token rows.
 
 Tests and benchmarks build shards with this instead of running the tokenize
 pipeline: give it rows of ids and it writes ``<stem>.jsonl`` / ``<stem>.bin`` and
@@ -103,7 +103,7 @@ def _write(path: Path, data: bytes, durable: bool) -> None:
 
 
 def bin_bytes(rows: Sequence[Sequence[int]], seq_len: int, dtype: str, pad_id: int) -> bytes:
-    """Rows as the §4 ``.bin`` bytes: little-endian, the final row padded with ``pad_id``."""
+    """Rows as a shard's ``.bin`` bytes: little-endian, the final row padded with ``pad_id``."""
     arr = np.full((len(rows), seq_len), pad_id, dtype=numpy_dtype(dtype))
     for i, row in enumerate(rows):
         arr[i, : len(row)] = row

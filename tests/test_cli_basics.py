@@ -1,4 +1,4 @@
-"""The CLI shell: help, version, config verbs, exit codes and one-line errors (DESIGN.md §9)."""
+"""The CLI shell: help, version, config verbs, exit codes and one-line errors (docs/design.md, exit codes)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Config validation, family defaults, lookup and analytic sizes (DESIGN.md §1, §2)."""
+"""Config validation, family defaults, lookup and analytic sizes (docs/design.md: workspace; config)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reading rows: .bin memmaps, indexed .jsonl, legacy tensors, batches, validation rows (§3-§5)."""
+"""Reading rows: .bin memmaps, indexed .jsonl, legacy tensors, batches, validation rows (docs/design.md)."""
 
 from __future__ import annotations
 
@@ -197,7 +197,7 @@ def test_open_files_are_bounded(data: Path) -> None:
     assert len(ds._readers) == 2
 
 
-# -- validation rows (DESIGN.md §5) -------------------------------------------------------------
+# -- validation rows (docs/design.md: validation rows) -------------------------------------------------------------
 
 
 def _reference_u(seed: int, shard_id: str, r: int) -> float:

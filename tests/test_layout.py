@@ -133,3 +133,16 @@ def test_the_package_root_holds_only_what_every_layer_shares() -> None:
     wings = ["cli", "config", "data", "demo", "hf", "model", "tokenizer", "train", "use", "util"]
     expected = sorted(["__init__.py", "__main__.py", "errors.py", *shims, *wings])
     assert [n for n in root if n != "__pycache__"] == expected
+
+
+def test_every_benchmark_script_imports() -> None:
+    """Benchmarks are not run by the suite, but a moved name must not break them silently."""
+    import importlib
+
+    bench = SRC.parent / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        for script in sorted(bench.glob("*.py")):
+            importlib.import_module(script.stem)
+    finally:
+        sys.path.remove(str(bench))

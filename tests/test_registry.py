@@ -1,4 +1,4 @@
-"""The shard registry: pairing, states and reasons of DESIGN.md §4, legacy and hostile files."""
+"""The shard registry: pairing, states and reasons of docs/design.md (shards), legacy and hostile files."""
 
 from __future__ import annotations
 

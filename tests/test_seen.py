@@ -1,4 +1,4 @@
-"""seen_datasets.json (DESIGN.md §6): strict reads, atomic writes, rebuild from a checkpoint."""
+"""seen_datasets.json (docs/design.md: seen records and runs): strict reads, atomic writes, rebuild from a checkpoint."""
 
 from __future__ import annotations
 

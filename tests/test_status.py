@@ -1,4 +1,4 @@
-"""`allllm status` library: the DESIGN.md §9 report and its rich table."""
+"""`allllm status` library: the report of docs/design.md (JSON outputs) and its rich table."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A crash, kill or Ctrl-C at any moment leaves nothing a scan could take for a shard.
 
-The journal (DESIGN.md §4) lists every file a shard may create before the first
+The journal (docs/design.md: shards) lists every file a shard may create before the first
 byte is written; the meta is renamed into place last; scans ignore journaled
 stems; the next tokenize removes journaled leftovers — and only those — and then
 produces exactly what an uninterrupted run would have.
@@ -23,7 +23,8 @@ from allllm.config import Config, TokenizerConfig
 from allllm.data.registry import scan_shards
 from allllm.data.tokenize import journal
 from allllm.data.tokenize import write as shard_writer
-from allllm.data.tokenize.run import NoProgress, tokenize
+from allllm.data.tokenize.run import tokenize
+from allllm.data.tokenize.summary import NoProgress
 from allllm.data.tokenize.write import ShardWriter
 from allllm.errors import DataError
 from allllm.tokenizer.manager import TokenizerManager

@@ -11,7 +11,8 @@ import pytest
 
 from allllm.config import load_config
 from allllm.data.tokenize import journal
-from allllm.data.tokenize.run import NoProgress, tokenize
+from allllm.data.tokenize.run import tokenize
+from allllm.data.tokenize.summary import NoProgress
 from allllm.tokenizer.manager import TokenizerManager
 from cli_helpers import heavy_imports_of
 from cli_helpers import run_cli as run
@@ -38,7 +39,7 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_tiny_end_to_end(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Write shards per DESIGN.md §4, then: up to date, appended, changed (superseded)."""
+    """Write shards per docs/design.md (shards), then: up to date, appended, changed (superseded)."""
     cfg = load_config(model="tiny")
     tok = TokenizerManager.from_config(cfg.tokenizer)
     code, out, _ = run(["tokenize", "--model", "tiny"], capsys)

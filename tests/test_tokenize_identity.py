@@ -3,7 +3,7 @@
 Small ``segment_chars`` / ``batch_chars`` / ``chunk_bytes`` force many cuts inside
 documents, many batches and many reader pieces on a few KB of real text, for each
 document boundary and BOS/EOS setting. Every shard is also validated field by
-field against DESIGN.md §4 (``tokenize_helpers.check_shard``).
+field against docs/design.md's shards section (``tokenize_helpers.check_shard``).
 """
 
 from __future__ import annotations

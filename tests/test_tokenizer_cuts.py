@@ -1,4 +1,4 @@
-"""Cut rules (DESIGN.md §3): cutting a document where the rule allows never changes an id.
+"""Cut rules (docs/design.md: tokens, documents, rows): cutting a document where the rule allows never changes an id.
 
 Every pre-tokenizer pattern allllm trusts is proven here on adversarial random
 text and generated prose, with tiktoken and with Hugging Face tokenizers; the

@@ -1,4 +1,4 @@
-"""Tokenizer backends behind TokenizerManager (DESIGN.md §3).
+"""Tokenizer backends behind TokenizerManager (docs/design.md: tokens, documents, rows).
 
 Each backend must give exactly the ids its library gives when called directly
 with no special tokens, round-trip text, name the right special ids, have a

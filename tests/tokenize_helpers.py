@@ -1,6 +1,6 @@
 """Shared helpers of the tokenize tests: workspaces, real text, and a full check of a written shard.
 
-``check_shard`` validates every field DESIGN.md §4 gives a shard against the files on
+``check_shard`` validates every field docs/design.md gives a shard against the files on
 disk (digests, sizes, ``shard_id`` recomputed from the rows, ``.jsonl`` rows equal
 to the unpadded ``.bin`` rows, dtype, padding) and returns the token stream, so a test
 can compare it with encoding each document whole.
@@ -124,7 +124,7 @@ def _sha(path: Path, limit: int | None = None) -> str:
 
 
 def check_shard(data_dir: Path, stem: str, cfg: Config, tok: TokenizerManager) -> CheckedShard:
-    """Validate one shard against DESIGN.md §4 and return its rows."""
+    """Validate one shard against docs/design.md (shards) and return its rows."""
     meta = read_meta(shard_file(data_dir, stem, "meta"))
     seq_len = cfg.data.seq_len
     assert meta.format_version == FORMAT_VERSION

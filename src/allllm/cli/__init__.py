@@ -37,7 +37,7 @@ def _is_usage_error(exc: BaseException) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; exits with DESIGN.md §9's codes."""
+    """Run the CLI; exits with the codes of docs/design.md, exit codes."""
     args = sys.argv[1:] if argv is None else argv
     if "--debug" in args:
         state["debug"] = True

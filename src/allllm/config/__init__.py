@@ -3,7 +3,7 @@
 One import point, so callers need not know which submodule holds a name: the
 models are in ``sections``, reading files and finding configs and presets in
 ``files``. It stays light (pydantic only, no torch) so ``allllm config`` starts
-fast. The contract for every key is ``DESIGN.md`` §2; the lookup rules are §1.
+fast. The contract for every key is in docs/design.md (config), the lookup rules in its workspace section.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Every verb starts here, so errors name the file and the JSON path and say how
 to fix them. Presets ship as the ``allllm.presets`` package and are read with
 ``importlib.resources``; a local ``configs/<name>.json`` shadows a preset of
-the same name. The lookup rules are ``DESIGN.md`` §1.
+the same name. The lookup rules are in docs/design.md (workspace).
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def local_config_paths(root: Path | None = None) -> list[Path]:
 
 
 def find_config(model: str | None = None, config: str | Path | None = None) -> ConfigSource:
-    """Resolve ``--model NAME`` / ``--config PATH`` per DESIGN.md §1."""
+    """Resolve ``--model NAME`` / ``--config PATH`` per docs/design.md (workspace)."""
     if model and config:
         raise ConfigError("give either --model or --config, not both")
     if config:

@@ -5,7 +5,7 @@ wrong types, out-of-range values and cross-field rules (heads dividing the
 hidden size, seq_len within the position table, ...) are errors. ``model.arch``
 fills the family defaults (phi or llama); keys given explicitly override them.
 
-The contract for every key is ``DESIGN.md`` §2. Reading files and naming the
+The contract for every key is in docs/design.md (config). Reading files and naming the
 file and JSON path of an error is ``allllm.config.files``.
 """
 

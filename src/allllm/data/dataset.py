@@ -1,4 +1,4 @@
-"""Rows of a set of shards as int64 tensors, read without loading files (DESIGN.md §3-§5).
+"""Rows of a set of shards as int64 tensors, read without loading files (docs/design.md: tokens, documents, rows; shards; validation rows).
 
 Global row ``i`` is row ``i - offset[s]`` of shard ``s`` (shards in the order given).
 Each row comes back as ``seq_len`` int64 ids plus its valid length; positions past
@@ -292,7 +292,7 @@ class ShardDataset:
         ids, lengths = self.fetch([row])
         return ids[0], int(lengths[0])
 
-    # -- row splits (DESIGN.md §5) ------------------------------------------------------------
+    # -- row splits (docs/design.md: validation rows) ------------------------------------------------------------
     def _split(self, seed: int, val_fraction: float, which: int) -> np.ndarray:
         parts = []
         for s, src in enumerate(self.sources):

@@ -1,4 +1,4 @@
-"""The seed's legacy shards: a ``torch.save``'d tensor in a ``.bin`` without meta (DESIGN.md §4).
+"""The seed's legacy shards: a ``torch.save``'d tensor in a ``.bin`` without meta (docs/design.md: shards).
 
 Such a file is a zip archive holding a pickle. It is read only with
 ``torch.load(weights_only=True, mmap=True)``: the restricted unpickler refuses

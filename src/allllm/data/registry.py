@@ -1,4 +1,4 @@
-"""The shard registry: what is in ``data.dir`` and what state each shard is in (DESIGN.md §4).
+"""The shard registry: what is in ``data.dir`` and what state each shard is in (docs/design.md: shard states).
 
 A scan lists the data dir once (``os.scandir``), groups shard-named files
 (``<source>.cached.<L>.<ts>[.k].{jsonl,bin,meta.json}``) by stem, reads only the

@@ -1,4 +1,4 @@
-"""The order rows are trained in: one shuffled global order, shared out to ranks (DESIGN.md §8).
+"""The order rows are trained in: one shuffled global order, shared out to ranks (docs/design.md: a training run).
 
 For epoch ``e`` the order of ``n_rows`` row positions is::
 

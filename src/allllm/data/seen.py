@@ -1,4 +1,4 @@
-"""Seen records: which shards the model has trained on (DESIGN.md §6).
+"""Seen records: which shards the model has trained on (docs/design.md: seen records and runs).
 
 ``<checkpoint_dir>/seen_datasets.json`` is a *view* of the latest checkpoint's
 cumulative map (``trainer_state.json`` carries the same map): the checkpoint is
@@ -68,7 +68,7 @@ class _SeenFile(BaseModel):
 
 
 class SeenMap:
-    """shard_id → :class:`SeenRecord`. Plain mapping semantics; serializes to the §6 file."""
+    """shard_id → :class:`SeenRecord`. Plain mapping semantics; serializes to ``seen_datasets.json``."""
 
     def __init__(self, records: Mapping[str, SeenRecord] | None = None) -> None:
         self._records: dict[str, SeenRecord] = dict(records or {})
@@ -107,7 +107,7 @@ class SeenMap:
 
     # (de)serialization ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        """The §6 JSON object; shards in training order (step, then id) so the file reads as a log."""
+        """The ``seen_datasets.json`` object; shards in training order (step, then id) so the file reads as a log."""
         ordered = sorted(self._records.items(), key=lambda kv: (kv[1].step, kv[1].completed, kv[0]))
         return {
             "format_version": SEEN_FORMAT_VERSION,
@@ -118,7 +118,7 @@ class SeenMap:
     def from_dict(
         cls, data: Any, source: str = "seen records", *, allow_bare: bool = True
     ) -> SeenMap:
-        """Validate the §6 object (or, with ``allow_bare``, its bare ``shards`` mapping).
+        """Validate the ``seen_datasets.json`` object (or, with ``allow_bare``, its bare ``shards`` mapping).
 
         Anything else is a DataError naming ``source`` and the first wrong field; a newer
         ``format_version`` is a FormatVersionError (never a broken file).
@@ -202,7 +202,7 @@ def load_seen(
       with nothing to rebuild from it is a :class:`DataError` saying how to fix it.
 
     ``rebuild_from`` returns the latest checkpoint's cumulative map (a :class:`SeenMap`, the
-    §6 object or its bare ``shards`` mapping) or None when there is no checkpoint.
+    ``seen_datasets.json`` object or its bare ``shards`` mapping) or None when there is no checkpoint.
     """
     path = Path(path)
     say = warn or _log.warning

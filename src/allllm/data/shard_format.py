@@ -1,4 +1,4 @@
-"""The shard format (DESIGN.md §4): names, the meta record, ``shard_id`` and ``.bin`` dtype.
+"""The shard format (docs/design.md: shards): names, the meta record, ``shard_id`` and ``.bin`` dtype.
 
 This module is the contract between the writer (``allllm tokenize``) and the
 readers (registry, dataset, ``status``, ``train``). It holds no I/O policy
@@ -190,7 +190,7 @@ class FileInfo(_MetaModel):
 
 
 class ShardMeta(_MetaModel):
-    """``<stem>.meta.json``: every field of DESIGN.md §4 plus the tokenize settings."""
+    """``<stem>.meta.json``: every field of docs/design.md's shards section plus the tokenize settings."""
 
     format_version: int
     shard_id: str

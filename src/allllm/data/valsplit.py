@@ -1,4 +1,4 @@
-"""Which rows are validation rows (DESIGN.md §5) — a formula fixed forever.
+"""Which rows are validation rows (docs/design.md: validation rows) — a formula fixed forever.
 
 Row ``r`` of the shard ``shard_id`` is a validation row iff ``u(seed, shard_id, r) < val_fraction``
 where ``u`` is computed exactly like this (all arithmetic modulo 2**64 on unsigned 64-bit ints)::

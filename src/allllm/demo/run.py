@@ -44,7 +44,7 @@ from allllm.demo.workspace import (
 from allllm.errors import AllllmError
 
 if TYPE_CHECKING:
-    from allllm.data.tokenize.run import TokenizeProgress, TokenizeSummary
+    from allllm.data.tokenize.summary import TokenizeProgress, TokenizeSummary
     from allllm.train.options import Reporter
     from allllm.use.evaluate import EvalProgress, EvalResult
     from allllm.use.generate import GenerationResult

@@ -99,7 +99,7 @@ def prepare_workspace(directory: Path) -> bool:
 
 @contextlib.contextmanager
 def inside(directory: Path) -> Iterator[None]:
-    """Run in ``directory`` (allllm's paths are relative to the workspace, DESIGN.md §1)."""
+    """Run in ``directory`` (allllm's paths are relative to the workspace, docs/design.md: workspace)."""
     previous = Path.cwd()
     os.chdir(directory)
     try:

@@ -5,7 +5,7 @@ same weights (PhiForCausalLM, LlamaForCausalLM) but is laid out for speed: the
 q/k/v projections are one matmul (``qkv``), SwiGLU's gate and up projections
 are one matmul (``gate_up``), the rotary tables are cached once, and
 attention goes through ``scaled_dot_product_attention``. The bridge in
-``hf.py`` splits and joins those fused weights. Norms and rotary run in fp32
+:mod:`allllm.hf` splits and joins those fused weights. Norms and rotary run in fp32
 whatever the compute dtype, because that is where bf16 loses accuracy.
 """
 

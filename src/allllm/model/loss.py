@@ -1,4 +1,4 @@
-"""The causal-LM loss (DESIGN.md §3) without materialising the logits.
+"""The causal-LM loss (docs/design.md: tokens, documents, rows) without materialising the logits.
 
 Labels are the row itself (HF convention: position t predicts token t+1);
 targets past a row's valid length are ignored. The loss is returned as

@@ -1,6 +1,6 @@
 """The interface every tokenizer backend implements.
 
-allllm adds BOS/EOS itself (DESIGN.md §3), so a backend only maps text to ids
+allllm adds BOS/EOS itself (docs/design.md: tokens, documents, rows), so a backend only maps text to ids
 and back: it never adds special tokens, and text that merely looks like a
 special token (``<|endoftext|>``) is encoded as ordinary text.
 

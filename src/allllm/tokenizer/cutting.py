@@ -1,7 +1,7 @@
 """Which tokenizers may have a long document cut for parallel encoding, and where.
 
 Cutting changes ids unless the pre-tokenizer provably starts a new piece at the
-cut (DESIGN.md §3). ``NewlineLetterCut`` is safe for the regex pre-tokenizers
+cut (docs/design.md: tokens, documents, rows). ``NewlineLetterCut`` is safe for the regex pre-tokenizers
 of the GPT-2 / cl100k / o200k / Llama-3 families followed by byte-level BPE,
 so a tokenizer gets it only when its pattern is one of those, compared as a
 string: an unknown pattern gets no cut rule (documents are encoded whole),

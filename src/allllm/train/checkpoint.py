@@ -1,4 +1,4 @@
-"""Checkpoints on disk (DESIGN.md §7): written whole or not at all, found by step.
+"""Checkpoints on disk (docs/design.md: checkpoints): written whole or not at all, found by step.
 
 Layout of ``checkpoints/<name>/step-NNNNNNNN/`` (global optimizer steps)::
 
@@ -305,7 +305,7 @@ def load_optimizer_state(ref: CheckpointRef) -> dict[str, Any]:
 
 
 def checkpoint_summary(directory: Path, warn: Warn | None = None) -> dict[str, Any] | None:
-    """The latest checkpoint as ``status`` shows it (DESIGN.md §9); reads JSON only, no torch."""
+    """The latest checkpoint as ``status`` shows it (docs/design.md, JSON outputs); reads JSON only, no torch."""
     ref = latest_checkpoint(directory, warn=warn)
     if ref is None:
         return None

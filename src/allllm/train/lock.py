@@ -1,4 +1,4 @@
-"""One trainer per checkpoint directory (DESIGN.md §7).
+"""One trainer per checkpoint directory (docs/design.md: checkpoints).
 
 An exclusive ``flock`` on ``<checkpoint_dir>/lock``. The kernel drops the lock
 when the holder dies, so a lock left by a killed process never blocks the next

@@ -4,7 +4,7 @@ One global batch of ``batch_size`` rows is one optimizer step. Rank ``k`` of
 ``W`` trains ``batch[k::W]`` in micro-batches of ``micro_batch_size``; the loss
 of every micro-batch is its token-loss sum divided by the global batch's count
 of valid targets (times W, since DDP averages gradients), so padding,
-accumulation and world size never change the update (DESIGN.md §3). The final
+accumulation and world size never change the update (docs/design.md: tokens, documents, rows). The final
 partial batch of an epoch is trained, not dropped.
 
 Stops happen only between optimizer steps: a checkpoint then holds everything
@@ -118,6 +118,8 @@ def train_run(
         sampler.load_state_dict(plan.sampler)
     model, optimizer, state = ctx.model, ctx.optimizer, ctx.state
     state.run = plan
+    if plan.steps_done == 0:  # a new run's validation loss is measured by the run itself
+        state.last_val_loss = None
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     window_start, window_tokens = time.perf_counter(), 0

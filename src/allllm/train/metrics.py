@@ -1,6 +1,6 @@
 """What a training run leaves behind besides weights: metrics.jsonl, runs.jsonl, dashboards.
 
-``metrics.jsonl`` (append-only, one object a line, DESIGN.md §9): ``step``,
+``metrics.jsonl`` (append-only, one object a line, docs/design.md, seen records and runs): ``step``,
 ``tokens`` (cumulative tokens trained), ``loss``, ``lr``, ``time`` (unix
 seconds), plus ``run_id``, ``grad_norm``, ``tokens_per_s``, ``elapsed``, and
 ``val_loss`` on the steps where it was measured. After a crash the resumed run

@@ -75,7 +75,7 @@ class TrainOptions:
 
 @dataclass
 class TrainResult:
-    """What an invocation did; ``exit_code`` follows DESIGN.md §9."""
+    """What an invocation did; ``exit_code`` follows docs/design.md, exit codes."""
 
     status: str  # trained | nothing | bounded | signal | dry-run
     exit_code: int = 0

@@ -1,7 +1,7 @@
-"""Planning a new run (DESIGN.md §8): which shards, which rows, how many steps, what to replay.
+"""Planning a new run (docs/design.md: a training run): which shards, which rows, how many steps, what to replay.
 
 Rank 0 selects the shards a new run trains (``--only-new``: valid and not
-seen), counts their training rows (validation rows are held out, §5), draws
+seen), counts their training rows (validation rows are held out), draws
 replay rows once from seen shards that are still present, and returns a
 :class:`~allllm.train.run_plan.RunPlan` that every rank then follows.
 """

@@ -1,7 +1,7 @@
 """What a finished run leaves behind: the seen records and its ``runs.jsonl`` line.
 
 Both are written only after the checkpoint that completes the run is durable
-(DESIGN.md §6, §8), and both are views of that checkpoint: a crash between the
+(docs/design.md: seen records and runs; a training run), and both are views of that checkpoint: a crash between the
 writes is repaired at the next start, which rewrites the seen file from the
 checkpoint and logs a missing run line once.
 """

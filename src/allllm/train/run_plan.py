@@ -58,7 +58,7 @@ class RunPlan:
 
 
 def make_run_id(shard_ids: list[str], start_step: int) -> str:
-    """Hash of the sorted shard ids and the start step (DESIGN.md §8)."""
+    """Hash of the sorted shard ids and the start step (docs/design.md: a training run)."""
     h = hashlib.sha256()
     for sid in sorted(shard_ids):
         h.update(sid.encode())

@@ -3,7 +3,7 @@
 Every run re-warms: the schedule is a pure function of the step *within the
 run*, so a resumed run recomputes exactly the LR it would have had, and no
 scheduler state needs to survive a crash. Warm-up is clamped to 10% of a short
-run's steps (DESIGN.md §2).
+run's steps (docs/design.md: config).
 """
 
 from __future__ import annotations

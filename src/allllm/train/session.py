@@ -1,4 +1,4 @@
-"""``train(cfg, options)``: one invocation of ``allllm train`` (DESIGN.md §8), start to end.
+"""``train(cfg, options)``: one invocation of ``allllm train`` (docs/design.md: a training run), start to end.
 
 1. Take the checkpoint dir's lock; decide where to start (:mod:`.start`): the
    latest complete checkpoint (or ``--from-checkpoint``, or ``model.init_from``,

@@ -1,4 +1,4 @@
-"""Where one ``allllm train`` starts (DESIGN.md §8, steps 1–2), decided on rank 0.
+"""Where one ``allllm train`` starts (docs/design.md: a training run, steps 1–2), decided on rank 0.
 
 The latest complete checkpoint (or ``--from-checkpoint``; with none,
 ``model.init_from`` or fresh weights), checked against the config's

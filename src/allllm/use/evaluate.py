@@ -1,6 +1,6 @@
 """``allllm eval``: loss and perplexity of a trained model over shards it never trained on.
 
-By default the rows are the ones DESIGN.md §5 holds out: the validation rows
+By default the rows are the ones held out (docs/design.md, validation rows): the validation rows
 of every shard the checkpoint has seen (and of the run it is in the middle of,
 whose validation rows are held out just the same) plus every row of the
 ``data.eval_shards`` shards. ``--shards GLOB`` evaluates all rows of the

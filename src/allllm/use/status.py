@@ -1,4 +1,4 @@
-"""``allllm status``: what a model has seen, what is new, what is wrong (DESIGN.md §9).
+"""``allllm status``: what a model has seen, what is new, what is wrong (docs/design.md, JSON outputs).
 
 :func:`build_status` returns one JSON-serializable dict; ``status --json`` prints
 it and :func:`allllm.cli.views.status.render_status` draws it as a table. It never
@@ -16,14 +16,14 @@ Report keys (all always present):
 - ``shards``: one object per shard, sorted by name, then the ``missing`` ones:
   ``name`` (the stem), ``shard_id``, ``files`` {role: file name}, ``formats``, ``state``,
   ``reason``, ``rows``, ``tokens``, ``step`` (of its seen record), ``run_id``,
-  ``train_rows``, ``train_tokens``, ``val_rows``, ``val_tokens`` (DESIGN §5 split; an eval-only
+  ``train_rows``, ``train_tokens``, ``val_rows``, ``val_tokens`` (the validation split; an eval-only
   shard is all validation), ``eval_only``, ``tokenizer_unverified``, ``legacy``, ``pending``
   (in the pending run), ``duplicate_of``, ``superseded_by``, ``created``
 - ``totals``: ``shards``, ``states`` {state: count}, ``new_rows``/``new_tokens`` (training rows
   of trainable new shards: what ``train --only-new`` would train), ``seen_rows``/``seen_tokens``
   (seen records of present shards), ``val_rows``/``val_tokens``, ``eval_rows``/``eval_tokens``,
   ``missing_rows``/``missing_tokens``
-- ``checkpoint``: null or the ``checkpoint`` argument without its ``seen`` map (§9: ``step``,
+- ``checkpoint``: null or the ``checkpoint`` argument without its ``seen`` map (``step``,
   ``tokens_seen``, ``path``, ``time``, ``pending_run`` {``run_id``, ``shards``, ``steps_done``,
   ``steps_total``})
 - ``journaled``: stems a tokenize is writing or left after a crash
@@ -173,9 +173,9 @@ def build_status(
     checkpoint: dict[str, Any] | None = None,
     tokenizer: Any = None,
 ) -> dict[str, Any]:
-    """The status report of DESIGN.md §9 for ``cfg`` (see the module doc for every key).
+    """The status report (docs/design.md, JSON outputs) for ``cfg`` (see the module doc for every key).
 
-    ``checkpoint``: the latest complete checkpoint's summary (§9 keys, plus ``seen``: its
+    ``checkpoint``: the latest complete checkpoint's summary (its keys, plus ``seen``: its
     cumulative seen map, which wins over ``seen_datasets.json``), or None when there is none.
     ``tokenizer``: an already loaded tokenizer (``.fingerprint``, ``.vocab_size``,
     ``.describe()``); by default it is loaded from the config when shards exist.

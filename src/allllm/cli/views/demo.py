@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 if TYPE_CHECKING:
-    from allllm.data.tokenize.run import TokenizeProgress, TokenizeSummary
+    from allllm.data.tokenize.summary import TokenizeProgress, TokenizeSummary
     from allllm.train.options import Reporter
     from allllm.use.evaluate import EvalProgress
     from allllm.use.generate import GenerationResult

@@ -21,7 +21,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from allllm.data.tokenize.run import TokenizeSummary
+from allllm.data.tokenize.summary import TokenizeSummary
 
 
 def _short(name: str, width: int = 48) -> str:

@@ -1,6 +1,6 @@
 """Terminal display of ``allllm train``: a live status line, messages and summaries.
 
-The trainer reports through the ``Reporter`` protocol (``train/session.py``);
+The trainer reports through the ``Reporter`` protocol (``allllm.train.options``);
 this module draws it with rich — a progress bar with step/total, loss, lr,
 tokens/s (MFU on GPU) and ETA — so the library stays usable headless.
 """

@@ -1,7 +1,7 @@
 """Read the sources of ``data.raw_path``: stream their documents, hash and identify them.
 
 ``iter_pieces`` streams one source (a ``RawSource`` from ``find``) as documents
-(DESIGN.md §3) in pieces of bounded size with exact byte offsets, so ``allllm
+(docs/design.md: tokens, documents, rows) in pieces of bounded size with exact byte offsets, so ``allllm
 tokenize`` can tokenize appended bytes on their own and a progress bar can count
 bytes. ``iter_batches`` is the same stream as parallel lists, for consumers that
 need speed more than per-piece objects. ``source_sha256`` and ``source_identity``

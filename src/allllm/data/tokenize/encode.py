@@ -3,7 +3,7 @@
 Documents arrive from the raw reader in bounded pieces (``Pieces``: parallel
 lists, no object per piece). A document's text is cut into segments of about
 ``segment_chars`` only where the tokenizer's ``cut_rule`` proves the cut cannot
-change an id (DESIGN.md §3); segments of many documents form a batch of about
+change an id (docs/design.md: tokens, documents, rows); segments of many documents form a batch of about
 ``batch_chars`` that goes to the backend's own parallel batch API on a worker
 thread. While one batch is being encoded the next one is assembled and the
 previous one written, so reading, cutting and writing overlap the encoding.

@@ -1,4 +1,4 @@
-"""The tokenize journal (DESIGN.md §4): nothing half-written is ever taken for a shard.
+"""The tokenize journal (docs/design.md: shards): nothing half-written is ever taken for a shard.
 
 Before writing a shard, tokenize records its stem and every file name it may
 create in ``data/.allllm/inflight/<stem>``. Scans ignore journaled stems; the

@@ -2,9 +2,9 @@
 
 The flow: load the tokenizer and check its ids fit the model, resolve the raw
 sources, take the data dir's tokenize lock, remove what a crashed run left
-(journaled files only), plan which sources need work (``tokenize_plan``), then
+(journaled files only), plan which sources need work (``plan``), then
 for each shard stream the sources' documents through the tokenizer
-(``encode_stream``) into a ``ShardWriter`` that packs rows and writes
+(``encode``) into a ``ShardWriter`` (``write``) that packs rows and writes
 ``.jsonl`` / ``.bin`` and the meta last. torch is never imported.
 """
 

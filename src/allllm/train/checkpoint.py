@@ -139,7 +139,9 @@ def latest_checkpoint(directory: Path, warn: Warn | None = None) -> CheckpointRe
 
     Only checked down to the first usable one: older checkpoints are not read.
     """
-    for ref in reversed(list_checkpoints(directory)):
+    refs = list_checkpoints(directory)
+    for i in range(len(refs) - 1, -1, -1):
+        ref = refs[i]
         if not ref.complete:
             if warn:
                 warn(f"{ref.path.name}: incomplete (no {MARKER_FILE} marker), skipped")
@@ -147,9 +149,8 @@ def latest_checkpoint(directory: Path, warn: Warn | None = None) -> CheckpointRe
         problem = check_files(ref)
         if problem:
             if warn:
-                warn(
-                    f"{ref.path.name}: corrupt ({problem}), falling back to the previous checkpoint"
-                )
+                then = "falling back to the previous checkpoint" if i else "skipped"
+                warn(f"{ref.path.name}: corrupt ({problem}), {then}")
             continue
         return ref
     return None

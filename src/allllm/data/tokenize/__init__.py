@@ -7,14 +7,20 @@ below it are ``plan`` (what is up to date, appended or changed), ``encode``
 ``summary`` (progress callbacks and the run's summary).
 """
 
-from allllm.data.tokenize.run import tokenize
-from allllm.data.tokenize.summary import (
-    TIMING_STAGES,
-    NoProgress,
-    ShardSummary,
-    TokenizeProgress,
-    TokenizeSummary,
-)
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+# loaded on first use: the registry imports ``journal`` and must not pay for the pipeline
+_EXPORTS = {
+    "tokenize": "allllm.data.tokenize.run",
+    "TIMING_STAGES": "allllm.data.tokenize.summary",
+    "NoProgress": "allllm.data.tokenize.summary",
+    "ShardSummary": "allllm.data.tokenize.summary",
+    "TokenizeProgress": "allllm.data.tokenize.summary",
+    "TokenizeSummary": "allllm.data.tokenize.summary",
+}
 
 __all__ = [
     "TIMING_STAGES",
@@ -24,3 +30,19 @@ __all__ = [
     "TokenizeSummary",
     "tokenize",
 ]
+
+if TYPE_CHECKING:
+    from allllm.data.tokenize.run import tokenize
+    from allllm.data.tokenize.summary import (
+        TIMING_STAGES,
+        NoProgress,
+        ShardSummary,
+        TokenizeProgress,
+        TokenizeSummary,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'allllm.data.tokenize' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

@@ -79,6 +79,24 @@ def test_no_combination_renames_a_parameter(
         torch.testing.assert_close(model.logits(ids).shape, (2, 12, 101))
 
 
+def test_accumulation_micro_steps_reduce_no_gradients_under_fsdp(one_rank_group: None) -> None:
+    """The no-sync block must hold the backward: FSDP2 reads its flag when gradients reduce.
+
+    Under FSDP2 a reduced gradient lands on the sharded parameter's ``.grad``; a micro-step
+    that skipped the reduction leaves it unset until the step that syncs.
+    """
+    from allllm.train.parallelize import gradient_sync
+
+    model = parallelize(_model(), TrainConfig(fsdp=True), PARALLEL)
+    ids = torch.randint(0, 101, (2, 12), generator=torch.Generator().manual_seed(3))
+    for sync in (False, True):
+        with gradient_sync(model, sync=sync):
+            loss_sum, count = model(ids)
+            (loss_sum / count).backward()
+        reduced = [p.grad is not None for p in model.parameters()]
+        assert all(reduced) if sync else not any(reduced), f"sync={sync}"
+
+
 def test_checkpointed_model_computes_what_the_plain_one_does() -> None:
     ids = torch.randint(0, 101, (3, 16), generator=torch.Generator().manual_seed(2))
     results = []

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from allllm.errors import AllllmError
+
 
 @dataclass
 class DistInfo:
@@ -69,8 +71,6 @@ def process_group(info: DistInfo, device: torch.device) -> Iterator[None]:
 
 def run_on_rank0(info: DistInfo, fn: Callable[[], Any]) -> Any:
     """Run ``fn`` on rank 0 and hand its result (or its user error) to every rank."""
-    from allllm.errors import AllllmError
-
     result: Any = None
     if info.is_main:
         try:

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from allllm.config import TrainConfig
+from allllm.model.kv_cache import KVCache
 from allllm.train.distributed import DistInfo
 
 #: model methods that run outside ``forward`` and must unshard parameters under FSDP2
@@ -38,8 +39,8 @@ def checkpoint_block(block: nn.Module) -> None:
     inner: Callable[..., Any] = block.forward
 
     def forward(*args: Any, **kwargs: Any) -> Any:
-        cache = kwargs.get("cache", args[3] if len(args) > 3 else None)
-        if block.training and torch.is_grad_enabled() and cache is None:
+        cached = any(isinstance(a, KVCache) for a in (*args, *kwargs.values()))
+        if block.training and torch.is_grad_enabled() and not cached:
             return checkpoint(inner, *args, use_reentrant=False, **kwargs)
         return inner(*args, **kwargs)
 

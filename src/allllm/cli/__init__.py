@@ -38,6 +38,40 @@ def _is_usage_error(exc: BaseException) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; exits with the codes of docs/design.md, exit codes."""
+    try:
+        _main(argv)
+        code: int = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if isinstance(exc.code, str):
+            _print_error(exc.code)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        _leave_rank(code)
+    if code:
+        sys.exit(code)
+
+
+def _leave_rank(code: int) -> None:
+    """End a torchrun rank without interpreter finalization.
+
+    Everything this process wrote is durable by now (checkpoints are fsynced before
+    the run returns). What finalization would still do is tear down gloo's worker
+    threads and the tensors they hold in an arbitrary order, which aborts a rank now
+    and then ("terminate called without an active exception", SIGABRT) and turns a
+    finished run into a failed job. So flush what the user should see and leave.
+    """
+    import logging
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    logging.shutdown()
+    os._exit(code)
+
+
+def _main(argv: list[str] | None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if "--debug" in args:
         state["debug"] = True

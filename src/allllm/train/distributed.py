@@ -12,6 +12,7 @@ spread over the ranks (DDP or FSDP2) is :mod:`allllm.train.parallelize`.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -61,6 +62,8 @@ def process_group(info: DistInfo, device: torch.device) -> Iterator[None]:
     dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
     try:
         yield
+        # free the model, its hooks and their gloo work now, not at interpreter exit
+        gc.collect()
         # leave together: a rank tearing its connections down while rank 0 still writes the
         # last checkpoint makes gloo abort ("terminate called without an active exception")
         dist.barrier()

@@ -140,8 +140,8 @@ def test_malicious_optimizer_state_never_runs(ws: Path, capsys: pytest.CaptureFi
 @pytest.mark.parametrize(
     "content",
     [
-        '{"format_version": 1, "shards": {',
-        '{"format_version": 1, "shards": {"' + "a" * 64 + '": {"rows": "x"}}}',
+        '{"format_version": 2, "shards": {',
+        '{"format_version": 2, "shards": {"' + "a" * 64 + '": {"rows": "x"}}}',
     ],
     ids=["truncated", "hand-edited"],
 )

@@ -47,7 +47,9 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
     return set(_shards(root).values())
 
 
-@pytest.mark.parametrize("fault", ["tokenize.rows:5", "tokenize.renamed:2", "tokenize.meta:1"])
+@pytest.mark.parametrize(
+    "fault", ["tokenize.journal:2", "tokenize.rows:5", "tokenize.renamed:2", "tokenize.meta:1"]
+)
 def test_tokenize_killed_then_rerun_equals_uninterrupted(
     tmp_path: Path, reference: set[str], fault: str
 ) -> None:

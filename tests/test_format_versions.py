@@ -78,12 +78,17 @@ def test_a_workspace_of_allllm_0_1_0_finishes_its_pending_run(v1: Path) -> None:
     theirs = load_file(FIXTURES / "v1_expected" / "model.safetensors")
     assert ours.keys() == theirs.keys()
     for key in ours:  # the continuation 0.1.0 itself computed
-        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6, msg=key)
+        # to float rounding: another CPU's kernels (AVX2 / AVX-512) differ by ~1e-6 after six
+        # steps, while a wrong warm-up or optimizer state differs by 1e-4 or more
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+FUTURE = 99  # a format_version no allllm writes yet
 
 
 def _bump(path: Path, **extra: object) -> None:
     data = json.loads(path.read_text())
-    data["format_version"] = 2
+    data["format_version"] = FUTURE
     data.update(extra)
     path.write_text(json.dumps(data))
 
@@ -101,7 +106,7 @@ def test_a_newer_trainer_state_stops_train_and_status_without_falling_back(
     assert _snapshot(v1) == before  # nothing rebuilt, moved, trained or set aside
     for verb in (["train", "--model", "fixture", "--only-new"], ["status", "--model", "fixture"]):
         code, _out, stderr = run_cli(verb, capsys)
-        assert code == 1 and stderr.count("\n") == 1 and "format_version 2" in stderr
+        assert code == 1 and stderr.count("\n") == 1 and f"format_version {FUTURE}" in stderr
         assert "Traceback" not in stderr
     assert _snapshot(v1) == before
 

@@ -40,7 +40,7 @@ def only(result: ScanResult):
 def record(files: dict[str, str], step: int = 7, rows: int = 3, tokens: int = 48) -> SeenRecord:
     return SeenRecord(
         files=files, rows=rows, tokens=tokens, step=step, run_id="run1",
-        completed="2024-07-01T12:00:00Z",
+        completed="2024-07-01T12:00:00Z", val_seed=1337, val_fraction=0.01,
     )  # fmt: skip
 
 

@@ -25,7 +25,7 @@ A, B = "a" * 64, "b" * 64
 def rec(step: int, name: str = "x.cached.16.20240701_000000.bin") -> SeenRecord:
     return SeenRecord(
         files={"bin": name}, rows=3, tokens=41, step=step, run_id="r1",
-        completed="2024-07-01T12:00:00Z",
+        completed="2024-07-01T12:00:00Z", val_seed=7, val_fraction=0.25,
     )  # fmt: skip
 
 
@@ -38,13 +38,31 @@ def test_round_trip_is_the_design_format(path: Path) -> None:
     m = SeenMap({B: rec(9), A: rec(4)})
     save_seen(path, m)
     data = json.loads(path.read_text())
-    assert data["format_version"] == 1
+    assert data["format_version"] == 2
     assert list(data["shards"]) == [A, B]  # training order
     assert data["shards"][A] == {
         "files": {"bin": "x.cached.16.20240701_000000.bin"}, "rows": 3, "tokens": 41, "step": 4,
-        "run_id": "r1", "completed": "2024-07-01T12:00:00Z",
+        "run_id": "r1", "completed": "2024-07-01T12:00:00Z", "val_seed": 7, "val_fraction": 0.25,
     }  # fmt: skip
     assert load_seen(path) == m and A in m and m.get(B).step == 9
+
+
+def test_version_1_records_take_the_split_they_are_given(path: Path) -> None:
+    """Version 1 stored no split: the reader passes the latest checkpoint's (a migration)."""
+    data = SeenMap({A: rec(4)}).to_dict()
+    data["format_version"] = 1
+    for record in data["shards"].values():
+        del record["val_seed"], record["val_fraction"]
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(data))
+    got = read_seen(path, legacy_split=(1, 0.2))
+    assert got[A].split == (1, 0.2) and got[A].rows == 3
+    with pytest.raises(ValueError, match="legacy_split"):  # a caller's bug, not a broken file
+        read_seen(path)
+    data["format_version"] = 2  # version 2 must carry the split
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="val_seed: Field required"):
+        read_seen(path, legacy_split=(1, 0.2))
 
 
 def test_missing_file_is_empty_or_the_checkpoints_map(path: Path) -> None:
@@ -82,13 +100,13 @@ def test_hand_edited_wrong_file_is_unreadable(path: Path, edit, message: str) ->
 
 def test_unreadable_without_checkpoint_is_a_clear_error_and_touches_nothing(path: Path) -> None:
     path.parent.mkdir(parents=True)
-    path.write_text('{"format_version": 1, "shards": {')
+    path.write_text('{"format_version": 2, "shards": {')
     with pytest.raises(DataError) as err:
         load_seen(path, rebuild_from=lambda: None)
     line = str(err.value)
     assert "\n" not in line and str(path) in line and "invalid JSON at line 1" in line
     assert "restore seen_datasets.json from a backup" in line
-    assert path.read_text() == '{"format_version": 1, "shards": {'
+    assert path.read_text() == '{"format_version": 2, "shards": {'
     assert [p.name for p in path.parent.iterdir()] == [path.name]
 
 

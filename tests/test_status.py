@@ -34,7 +34,7 @@ def rendered(report: dict) -> str:
 def record(name: str, step: int) -> SeenRecord:
     return SeenRecord(
         files={"bin": name}, rows=2, tokens=512, step=step, run_id="r1",
-        completed="2024-07-01T12:00:00Z",
+        completed="2024-07-01T12:00:00Z", val_seed=1337, val_fraction=0.01,
     )  # fmt: skip
 
 

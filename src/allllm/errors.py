@@ -46,6 +46,10 @@ class CheckpointError(AllllmError):
     """A checkpoint directory cannot be used."""
 
 
+class TrainingError(AllllmError):
+    """Training cannot go on: too many non-finite steps, or weights that are not finite."""
+
+
 class LockError(AllllmError):
     """Another process holds the checkpoint directory."""
 

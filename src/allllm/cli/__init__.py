@@ -19,7 +19,7 @@ from allllm.cli import data_verbs, train_verb, use_verbs  # noqa: F401 - registe
 from allllm.cli.app import app, debug_enabled, state
 from allllm.errors import AllllmError
 
-__all__ = ["app", "main"]
+__all__ = ["app", "main", "run_seed_command"]
 
 
 def _print_error(message: str) -> None:
@@ -49,6 +49,28 @@ def main(argv: list[str] | None = None) -> None:
         _leave_rank(code)
     if code:
         sys.exit(code)
+
+
+def seed_option_spelling(args: list[str]) -> list[str]:
+    """``--only_new`` → ``--only-new``: the seed's scripts spelled options with underscores.
+
+    Only option names change (``--max_steps=5`` → ``--max-steps=5``); values never do.
+    """
+    out = []
+    for arg in args:
+        if arg == "--":
+            out.extend(args[len(out) :])
+            break
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            arg = name.replace("_", "-") + eq + value
+        out.append(arg)
+    return out
+
+
+def run_seed_command(verb: str, args: list[str]) -> None:
+    """``python train.py ...`` / ``python scripts/tokenize_dataset.py ...``: the verb itself."""
+    main([verb, *seed_option_spelling(args)])
 
 
 def _leave_rank(code: int) -> None:

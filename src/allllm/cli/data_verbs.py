@@ -33,7 +33,7 @@ def config_list(as_json: JsonOpt = False) -> None:
     Example: allllm config list
     """
     from allllm.config import iter_known_configs
-    from allllm.model.sizes import count_parameters, format_count
+    from allllm.model.sizes import count_parameters
 
     rows = []
     for source in iter_known_configs():
@@ -56,25 +56,9 @@ def config_list(as_json: JsonOpt = False) -> None:
     if as_json:
         print_json(rows)
         return
-    from rich.markup import escape
-    from rich.table import Table
+    from allllm.cli.views.config import render_config_list
 
-    table = Table(title="configs", title_justify="left")
-    for col in ("name", "source", "arch", "params", "seq_len", "tokenizer"):
-        table.add_column(col, justify="right" if col in ("params", "seq_len") else "left")
-    for r in rows:
-        if "error" in r:
-            table.add_row(r["name"], r["source"], "[red]invalid[/red]", "", "", escape(r["error"]))
-        else:
-            table.add_row(
-                r["name"],
-                r["source"],
-                r["arch"],
-                format_count(r["parameters"]),
-                str(r["seq_len"]),
-                r["tokenizer"],
-            )
-    make_console().print(table)
+    render_config_list(rows, make_console())
 
 
 @config_app.command("show")

@@ -2,16 +2,17 @@
 
 One import point, so callers need not know which submodule holds a name: the
 models are in ``sections``, reading files and finding configs and presets in
-``files``. It stays light (pydantic only, no torch) so ``allllm config`` starts
-fast. The contract for every key is in docs/design.md (config), the lookup rules in its workspace section.
+``files``, the one-line wording of validation errors in ``explain``. It stays
+light (pydantic only, no torch) so ``allllm config`` starts fast. The contract for every
+key is in docs/design.md (config), the lookup rules in its workspace section.
 """
 
 from __future__ import annotations
 
+from allllm.config.explain import describe_validation_error
 from allllm.config.files import (
     CONFIG_DIR,
     ConfigSource,
-    describe_validation_error,
     find_config,
     init_config,
     iter_known_configs,

@@ -16,42 +16,13 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
+from allllm.config.explain import describe_validation_error
 from allllm.config.sections import NAME_PATTERN, Config
 from allllm.errors import ConfigError
 
 CONFIG_DIR = "configs"
 
 # -- loading and lookup -----------------------------------------------------------------------
-
-
-def _json_path(loc: tuple[Any, ...]) -> str:
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        else:
-            parts.append(("." if parts else "") + str(item))
-    return "".join(parts) or "(top level)"
-
-
-def describe_validation_error(exc: ValidationError, source: str) -> str:
-    """One line for the first error of a pydantic ValidationError: file, JSON path, what, fix."""
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    loc = tuple(x for x in first["loc"] if not (isinstance(x, str) and x.startswith("function-")))
-    path = _json_path(loc)
-    kind = first["type"]
-    msg = first["msg"].removeprefix("Value error, ")
-    if kind == "extra_forbidden":
-        msg = "unknown key — remove it or check its spelling (see the config table in README)"
-    elif kind == "missing":
-        msg = "required key is missing — add it"
-    elif kind == "literal_error":
-        msg = msg.replace("Input should be", "must be")
-    elif "input" in first and kind not in ("value_error",):
-        msg = f"{msg} (got {first['input']!r})"
-    more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
-    return f"{source}: {path}: {msg}{more}"
 
 
 def parse_config(data: Any, source: str, default_name: str | None = None) -> Config:

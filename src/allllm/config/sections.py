@@ -49,9 +49,17 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 class _Strict(BaseModel):
-    """Base for every section: unknown keys are errors, assignments are validated."""
+    """Base for every section: unknown keys are errors, values keep their JSON types.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    ``strict=True`` so ``"yes"`` is no boolean, ``64.0`` or ``"64"`` no integer and ``3``
+    no string — a quoting slip must not silently become a setting. An int still passes
+    for a float (pydantic's strict float takes ints); tuples opt back into lax mode
+    per field so JSON lists fill them (their items stay strict).
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", strict=True, validate_assignment=True, protected_namespaces=()
+    )
 
 
 class ModelConfig(_Strict):
@@ -264,7 +272,9 @@ class TrainConfig(_Strict):
     lr: float = Field(default=3e-4, gt=0.0, le=10.0)
     min_lr: float = Field(default=3e-5, ge=0.0)
     warmup_steps: int = Field(default=100, ge=0)
-    betas: tuple[float, float] = (0.9, 0.95)
+    # strict=False on the tuple only: a JSON list fills it; each beta stays a strict number.
+    betas: tuple[float, float] = Field(default=(0.9, 0.95), strict=False)
+    adam_eps: float = Field(default=1e-8, gt=0.0)  # AdamW epsilon
     schedule: Literal["cosine", "wsd", "constant"] = "cosine"
     decay_fraction: float = Field(default=0.1, gt=0.0, le=1.0)
     weight_decay: float = Field(default=0.1, ge=0.0)
@@ -281,6 +291,8 @@ class TrainConfig(_Strict):
     max_steps: int | None = Field(default=None, ge=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_time: float | None = None
+    # steps skipped in a row for a non-finite loss/gradient that stop the run (0: never)
+    max_skipped_steps: int = Field(default=5, ge=0)
     tensorboard: bool = False
     wandb: bool = False
 
@@ -295,7 +307,14 @@ class TrainConfig(_Strict):
     @field_validator("max_time", mode="before")
     @classmethod
     def _parse_max_time(cls, v: Any) -> Any:
-        return None if v is None else parse_duration(v)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+            # parse_duration expects str/number; anything else is a plain error, not a crash
+            raise ValueError(
+                'max_time must be a number of seconds or a string like "90m" or "1h30m"'
+            )
+        return parse_duration(v)
 
     @model_validator(mode="after")
     def _check_batches(self) -> TrainConfig:

@@ -47,8 +47,13 @@ from allllm.data.registry_entries import (
 )
 from allllm.data.registry_inspect import inspect_stem
 from allllm.data.seen import SeenMap, SeenRecord
-from allllm.data.shard_format import DATA_SUFFIXES, META_SUFFIX, parse_shard_name, shard_order_key
-from allllm.data.tokenize.journal import journaled_stems
+from allllm.data.shard_format import (
+    DATA_SUFFIXES,
+    META_SUFFIX,
+    journaled_stems,
+    parse_shard_name,
+    shard_order_key,
+)
 from allllm.util.gc_pause import gc_paused
 
 __all__ = [
@@ -59,6 +64,7 @@ __all__ = [
     "ShardState",
     "TokenizerIdentity",
     "digest_problem",
+    "inspect_one",
     "scan_shards",
 ]
 
@@ -264,3 +270,22 @@ def scan_shards(
         _mark_eval(entries, spec.eval_glob)
         missing = _missing_entries(entries, seen)
     return ScanResult(data_dir, entries, missing, sorted(journaled))
+
+
+def inspect_one(
+    data_dir: str | os.PathLike[str], stem: str, spec: ScanSpec, *, verify: bool = True
+) -> ShardEntry | None:
+    """One stem checked on its own, as a scan checks it before the states that depend on other
+    shards: ``new`` means readable, matching ``spec`` and (with ``verify``) its digests hold.
+
+    None when no file of the stem exists. Tokenize asks this of a live shard its rebuild
+    reproduced, to tell a good copy from a corrupt one.
+    """
+    data_dir = Path(data_dir)
+    mtimes: dict[str, int] = {}
+    found = _restat(data_dir, stem, mtimes)
+    if not found:
+        return None
+    entry = inspect_stem(stem, found, data_dir, spec, verify=verify, trust_unverified=False)
+    entry.meta_mtime_ns = mtimes.get(stem, 0)
+    return entry

@@ -34,8 +34,34 @@ from allllm.util.clock import utc_timestamp
 from allllm.util.versions import FileFormat
 
 SEEN_FILE = "seen_datasets.json"
-#: seen_datasets.json: version 1 is the only one so far (older versions would migrate here)
-SEEN_FORMAT = FileFormat("seen records", current=1)
+#: (val_seed, val_fraction): the split that decides a shard's validation rows
+Split = tuple[int, float]
+
+
+def _pin_splits(data: dict[str, Any], *, legacy_split: Split | None = None) -> dict[str, Any]:
+    """Version 1 → 2: every record gains the split it was trained with.
+
+    Version 1 did not store it; the runs that wrote those records used the config of
+    their time, and the best record of that left is the latest checkpoint's config
+    snapshot, which the reader passes as ``legacy_split`` (the current config when no
+    checkpoint exists). A one-time migration: the next write stores version 2.
+    """
+    if legacy_split is None:  # a caller's bug, never a broken file: not a DataError
+        raise ValueError("version-1 seen records are read only with a legacy_split")
+    seed, fraction = legacy_split
+    shards = data.get("shards")
+    if isinstance(shards, dict):
+        data["shards"] = {
+            sid: {"val_seed": seed, "val_fraction": fraction, **rec}
+            if isinstance(rec, dict)
+            else rec
+            for sid, rec in shards.items()
+        }
+    return data
+
+
+#: seen_datasets.json: version 2 added each shard's validation split (val_seed, val_fraction)
+SEEN_FORMAT = FileFormat("seen records", current=2, migrations={1: _pin_splits})
 SEEN_FORMAT_VERSION = SEEN_FORMAT.current
 SHARD_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -58,6 +84,14 @@ class SeenRecord(BaseModel):
     completed: Annotated[
         str, StringConstraints(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
     ]
+    # the split fixed when the shard was first planned into a run of this model: its
+    # validation rows stay held out whatever train.seed / data.val_fraction say later
+    val_seed: int
+    val_fraction: float = Field(ge=0.0, lt=1.0)
+
+    @property
+    def split(self) -> Split:
+        return self.val_seed, self.val_fraction
 
 
 class _SeenFile(BaseModel):
@@ -116,18 +150,25 @@ class SeenMap:
 
     @classmethod
     def from_dict(
-        cls, data: Any, source: str = "seen records", *, allow_bare: bool = True
+        cls,
+        data: Any,
+        source: str = "seen records",
+        *,
+        allow_bare: bool = True,
+        legacy_split: Split | None = None,
     ) -> SeenMap:
         """Validate the ``seen_datasets.json`` object (or, with ``allow_bare``, its bare ``shards`` mapping).
 
         Anything else is a DataError naming ``source`` and the first wrong field; a newer
-        ``format_version`` is a FormatVersionError (never a broken file).
+        ``format_version`` is a FormatVersionError (never a broken file). A bare map is in
+        the current format (trainer states migrate their own); a version-1 file takes
+        ``legacy_split`` for its records (:func:`_pin_splits`).
         """
         bare = isinstance(data, dict) and "format_version" not in data and "shards" not in data
         if allow_bare and bare:
             data = {"format_version": SEEN_FORMAT_VERSION, "shards": data}  # a bare shards map
         if SEEN_FORMAT.version_of(data) is not None:
-            data = SEEN_FORMAT.upgrade(data, source)
+            data = SEEN_FORMAT.upgrade(data, source, legacy_split=legacy_split)
         try:
             parsed = _SeenFile.model_validate(data)
         except ValidationError as exc:
@@ -155,8 +196,11 @@ def _as_seen_map(value: SeenMap | Mapping[str, Any], source: str) -> SeenMap:
     return value if isinstance(value, SeenMap) else SeenMap.from_dict(dict(value), source)
 
 
-def read_seen(path: Path) -> SeenMap:
-    """Read and validate the file strictly; DataError (one line) if it is unreadable or invalid."""
+def read_seen(path: Path, legacy_split: Split | None = None) -> SeenMap:
+    """Read and validate the file strictly; DataError (one line) if it is unreadable or invalid.
+
+    ``legacy_split`` is the split a version-1 file's records take (see :func:`_pin_splits`).
+    """
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -167,7 +211,15 @@ def read_seen(path: Path) -> SeenMap:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}") from None
-    return SeenMap.from_dict(data, str(path), allow_bare=False)
+    return SeenMap.from_dict(data, str(path), allow_bare=False, legacy_split=legacy_split)
+
+
+def stored_version(path: Path) -> int | None:
+    """The ``format_version`` of the file at ``path`` (None when missing or unreadable)."""
+    try:
+        return SEEN_FORMAT.version_of(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        return None
 
 
 def save_seen(path: str | os.PathLike[str], seen: SeenMap) -> None:
@@ -192,8 +244,9 @@ def load_seen(
     rebuild_from: Callable[[], SeenMap | Mapping[str, Any] | None] | None = None,
     repair: bool = True,
     warn: Warn | None = None,
+    legacy_split: Split | None = None,
 ) -> SeenMap:
-    """The seen records at ``path``.
+    """The seen records at ``path`` (a version-1 file's records take ``legacy_split``).
 
     - missing file → the map ``rebuild_from()`` gives (the latest checkpoint's), else empty;
     - unreadable or invalid file → rebuilt from ``rebuild_from()`` with a warning; with
@@ -210,7 +263,7 @@ def load_seen(
         rebuilt = rebuild_from() if rebuild_from else None
         return _as_seen_map(rebuilt, "the latest checkpoint's seen map") if rebuilt else SeenMap()
     try:
-        return read_seen(path)
+        return read_seen(path, legacy_split)
     except DataError as exc:
         problem = exc.one_line()
     rebuilt = rebuild_from() if rebuild_from else None

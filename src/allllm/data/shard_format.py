@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import struct
 from collections.abc import Iterable
@@ -301,3 +302,21 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def inflight_dir(data_dir: Path) -> Path:
+    """Where tokenize journals the stems it is writing (``data/.allllm/inflight``)."""
+    return data_dir / INFLIGHT_DIR
+
+
+def journaled_stems(data_dir: Path) -> set[str]:
+    """Stems with a journal entry: a tokenize is writing them, or crashed while it did.
+
+    Here, not in the tokenize package, because every scan needs it and the scan must not
+    import the pipeline that itself asks the registry about shards.
+    """
+    folder = inflight_dir(data_dir)
+    try:
+        return {e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith(".")}
+    except FileNotFoundError:
+        return set()

@@ -22,7 +22,7 @@ from allllm.config import ModelConfig
 from allllm.errors import CheckpointError, ConfigError
 from allllm.hf.config_map import hf_config_from_model, hf_family_for, hf_names, split_sizes
 from allllm.model.transformer import Transformer
-from allllm.util.atomic import atomic_write_text
+from allllm.util.atomic import atomic_write_text, set_umask_mode
 
 DEFAULT_SHARD_BYTES = 5 * 1024**3
 
@@ -157,6 +157,7 @@ def to_hf(
         for name, shard in zip(names, shards):
             tmp = out_dir / f".{name}.tmp"
             save_file(shard, str(tmp), metadata={"format": "pt"})
+            set_umask_mode(tmp)  # safetensors writes it 0600
             tmp.replace(out_dir / name)
         if len(shards) > 1:
             index = {

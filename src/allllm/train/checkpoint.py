@@ -33,7 +33,7 @@ from typing import Any
 
 from allllm.errors import CheckpointError
 from allllm.train.state import TrainState
-from allllm.util.atomic import fsync_dir
+from allllm.util.atomic import fsync_dir, set_umask_mode
 from allllm.util.faults import fault_point
 
 MODEL_FILE = "model.safetensors"
@@ -197,6 +197,7 @@ def save_checkpoint(
         tmp.mkdir()
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in model_state.items()}
         save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt", "step": str(step)})
+        set_umask_mode(tmp / MODEL_FILE)  # safetensors writes it 0600
         torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
         if train_state.step != step:
             raise ValueError(f"saving step {step} with a train state at step {train_state.step}")
@@ -320,6 +321,11 @@ def checkpoint_summary(directory: Path, warn: Warn | None = None) -> dict[str, A
             "steps_done": run.steps_done,
             "steps_total": run.total_steps,
         }
+    splits = (
+        {sid: list(state.pending.split_of(sid)) for sid in state.pending.shard_ids}
+        if (state.pending is not None)
+        else {}
+    )
     return {
         "step": ref.step,
         "tokens_seen": state.tokens_seen,
@@ -327,4 +333,7 @@ def checkpoint_summary(directory: Path, warn: Warn | None = None) -> dict[str, A
         "time": state.created,
         "pending_run": pending,
         "seen": state.seen,
+        # not shown: the splits status counts with (version-1 seen records, the pending run)
+        "legacy_split": state.split_for_legacy_records(),
+        "pending_splits": splits,
     }

@@ -89,6 +89,7 @@ def estimate_run(
 def dry_run_report(session: Session, start: StartPoint, ident: TokenizerIdentity) -> dict[str, Any]:
     """What ``train`` would do: the pending run, the new run, and their measured estimate."""
     from allllm.train.distributed import run_on_rank0
+    from allllm.train.optim import hyperparam_changes
     from allllm.train.run_data import open_plan_data
 
     ctx, state = session.ctx, session.state
@@ -101,6 +102,8 @@ def dry_run_report(session: Session, start: StartPoint, ident: TokenizerIdentity
     new_plan = run_on_rank0(session.info, lambda: session._plan_new(ident, state.step, exclude))
     if new_plan is not None:
         report["new"] = new_plan.to_dict()
+        if session.loaded_optimizer:
+            report["optimizer_changes"] = hyperparam_changes(ctx.optimizer, session.cfg.train)
     target = pending or new_plan
     if target is not None:
         data, _evals = open_plan_data(

@@ -7,6 +7,11 @@ of valid targets (times W, since DDP averages gradients), so padding,
 accumulation and world size never change the update (docs/design.md: tokens, documents, rows). The final
 partial batch of an epoch is trained, not dropped.
 
+A step whose loss or gradients are not finite is skipped on every rank (no
+update; its batch is consumed and step, LR and sampler advance, so a resume stays
+exact); ``train.max_skipped_steps`` of them in a row stop the run with one line
+and no checkpoint (docs/design.md: non-finite steps).
+
 Stops happen only between optimizer steps: a checkpoint then holds everything
 to continue bit for bit — the sampler position, optimizer moments, the RNG of
 every rank — and the learning rate is a pure function of the step.
@@ -25,18 +30,20 @@ import torch
 
 from allllm.config import TrainConfig
 from allllm.data.sampler import RowSampler
+from allllm.errors import TrainingError
 from allllm.train.distributed import DistInfo, all_reduce_max, all_reduce_sum
 from allllm.train.parallelize import gradient_sync
 from allllm.train.precision import Precision
 from allllm.train.run_data import RunData
 from allllm.train.run_plan import RunPlan
-from allllm.train.schedule import lr_at
+from allllm.train.schedule import legacy_warmup, lr_at
 from allllm.train.state import TrainState
 from allllm.train.validation import evaluate_rows
-from allllm.util.faults import fault_point
+from allllm.util.faults import fault_point, inject_nan
 
 
 class StepReporter(Protocol):
+    def warn(self, text: str) -> None: ...
     def step(self, record: dict[str, Any]) -> None: ...
     def evaluated(self, record: dict[str, Any]) -> None: ...
 
@@ -120,9 +127,13 @@ def train_run(
     state.run = plan
     if plan.steps_done == 0:  # a new run's validation loss is measured by the run itself
         state.last_val_loss = None
+    warmup = plan.warmup_steps
+    if warmup is None:
+        warmup = legacy_warmup(train.warmup_steps, plan.total_steps)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     window_start, window_tokens = time.perf_counter(), 0
+    save_due = False
     while not sampler.finished:
         bound = ctx.bounds.reached()
         # one collective decides for every rank (max_time and signals differ between ranks)
@@ -136,18 +147,33 @@ def train_run(
         batch = sampler.next_global_batch()
         assert batch is not None
         mine = data.rows[batch[info.rank :: info.world_size]]
-        lr = lr_at(state.step - plan.start_step, plan.total_steps, train)
+        lr = lr_at(state.step - plan.start_step, plan.total_steps, train, warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum, targets, tokens = _accumulate(ctx, data, mine, train.micro_batch_size)
         if ctx.scaler.is_enabled():
             ctx.scaler.unscale_(optimizer)
+        if inject_nan("train.grad"):
+            for p in params:
+                if p.grad is not None:
+                    p.grad.fill_(float("nan"))
         fault_point("train.step")
         clip = train.grad_clip if train.grad_clip > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-        ctx.scaler.step(optimizer)
-        ctx.scaler.update()
+        skipped = _non_finite(ctx, params, loss_sum, grad_norm)
+        if skipped:
+            if ctx.scaler.is_enabled():
+                ctx.scaler.update()
+        else:
+            ctx.scaler.step(optimizer)
+            ctx.scaler.update()
         optimizer.zero_grad(set_to_none=True)
+        too_many = _count_skip(plan, skipped, train.max_skipped_steps)
+        if skipped and plan.skipped_in_row == 1 and ctx.reporter:  # once a streak
+            ctx.reporter.warn(
+                f"step {state.step + 1}: non-finite loss or gradient — skipped, no update "
+                f"({plan.skipped_steps} this run; metrics.jsonl marks each one)"
+            )
         state.step += 1
         state.tokens_seen += tokens
         ctx.bounds.steps += 1
@@ -155,7 +181,9 @@ def train_run(
         plan.steps_done += 1
         plan.tokens_done += tokens
         plan.sampler = sampler.state_dict()
-        state.last_loss = loss_sum / max(1, targets)
+        step_loss = loss_sum / max(1, targets)
+        if not skipped:
+            state.last_loss = step_loss
         window_tokens += tokens
         now = time.perf_counter()
         tok_s = window_tokens / max(now - window_start, 1e-9)
@@ -163,7 +191,8 @@ def train_run(
         record = {
             "step": state.step,
             "tokens": state.tokens_seen,
-            "loss": state.last_loss,
+            "loss": step_loss if math.isfinite(step_loss) else None,
+            "skipped": skipped,
             "lr": lr,
             "time": time.time(),
             "run_id": plan.run_id,
@@ -181,9 +210,70 @@ def train_run(
             ctx.log_metrics(record)
         if ctx.reporter:
             ctx.reporter.step(record)
-        if not last and state.step % checkpoint_every == 0:
+        if too_many:
+            raise _too_many_skipped(plan, state.step)
+        save_due = save_due or state.step % checkpoint_every == 0
+        # not in the middle of a streak of skipped steps: if it grows to the limit, the run
+        # stops and resumes from before it (a signal or bound still saves, at the loop top)
+        if not last and save_due and plan.skipped_in_row == 0:
             save()
+            save_due = False
     return LoopOutcome(finished=True)
+
+
+def _non_finite(
+    ctx: LoopContext, params: list[torch.nn.Parameter], loss_sum: float, grad_norm: float
+) -> bool:
+    """Whether this step must be skipped, decided by every rank together.
+
+    The loss is already a global sum. Gradients are checked on this rank's own
+    tensors (under FSDP2 the norm ``clip_grad_norm_`` returns is rank-local on some
+    torch versions, so it is not trusted there) and the flag is all-reduced. With
+    fp16 the grad scaler skips overflowing steps itself while it calibrates: those are
+    not counted here.
+    """
+    bad = not math.isfinite(loss_sum)
+    if not bad and not ctx.scaler.is_enabled():
+        if ctx.info.world_size > 1 and _sharded(params):
+            local = [_local(p.grad) for p in params if p.grad is not None]
+            norm = torch.nn.utils.get_total_norm(local) if local else torch.zeros(())
+            bad = not bool(torch.isfinite(norm))
+        else:
+            bad = not math.isfinite(grad_norm)
+    return bool(all_reduce_max(int(bad), ctx.info, ctx.device))
+
+
+def _sharded(params: list[torch.nn.Parameter]) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in params)
+
+
+def _local(grad: torch.Tensor) -> torch.Tensor:
+    return grad.to_local() if hasattr(grad, "to_local") else grad
+
+
+def _count_skip(plan: RunPlan, skipped: bool, limit: int) -> bool:
+    """Count a skipped step; True once ``limit`` (0: never) of them came in a row."""
+    if not skipped:
+        plan.skipped_in_row = 0
+        return False
+    plan.skipped_steps += 1
+    plan.skipped_in_row += 1
+    return bool(limit) and plan.skipped_in_row >= limit
+
+
+def _too_many_skipped(plan: RunPlan, step: int) -> TrainingError:
+    """The one-line stop: nothing of the streak is saved or recorded."""
+    first = step - plan.skipped_in_row + 1
+    return TrainingError(
+        f"run {plan.short_id} stopped: {plan.skipped_in_row} optimizer steps in a row "
+        f"(steps {first}–{step}) had a non-finite loss or gradient; no checkpoint, seen "
+        "record or runs.jsonl line was written for them",
+        "check this run's data; train again to retry from the latest checkpoint, or drop "
+        "the run with --abandon-pending and lower train.lr first (a pending run keeps its "
+        "own settings); train.max_skipped_steps sets the limit (0 = never stop)",
+    )
 
 
 def _accumulate(

@@ -22,6 +22,7 @@ from allllm.data.seen import SeenMap
 from allllm.data.valsplit import split_rows
 from allllm.train.options import Reporter, TrainOptions
 from allllm.train.run_plan import RunPlan, make_run_id, order_seed
+from allllm.train.schedule import effective_warmup
 from allllm.util.clock import utc_iso
 
 
@@ -64,8 +65,21 @@ def _entry_by_id(scan: ScanResult) -> dict[str, ShardEntry]:
     return found
 
 
-def _training_rows(entry: ShardEntry, seed: int, val_fraction: float) -> np.ndarray:
-    return split_rows(seed, entry.shard_id or "", entry.n_rows or 0, val_fraction)[0]
+def split_for(entry: ShardEntry, cfg: Config) -> tuple[int, float]:
+    """The split that decides ``entry``'s validation rows for this model.
+
+    Fixed when the shard is first planned into a run and stored in its seen record: a
+    seen shard keeps it whatever ``train.seed`` / ``data.val_fraction`` say now, so replay
+    and re-training never read its held-out rows. Only never-trained shards take the
+    current config.
+    """
+    if entry.record is not None:
+        return entry.record.split
+    return cfg.train.seed, cfg.data.val_fraction
+
+
+def _training_rows(entry: ShardEntry, split: tuple[int, float]) -> np.ndarray:
+    return split_rows(split[0], entry.shard_id or "", entry.n_rows or 0, split[1])[0]
 
 
 def _row_tokens(entry: ShardEntry, rows: np.ndarray) -> int:
@@ -89,10 +103,12 @@ def plan_run(
     ids = sorted(e.shard_id for e in selected if e.shard_id)
     run_id = make_run_id(ids, start_step)
     by_id = {e.shard_id: e for e in selected}
-    rows, tokens = {}, {}
+    rows, tokens, splits = {}, {}, {}
     for sid in ids:
         entry = by_id[sid]
-        train_rows = _training_rows(entry, train.seed, cfg.data.val_fraction)
+        split = split_for(entry, cfg)
+        splits[sid] = {"val_seed": split[0], "val_fraction": split[1]}
+        train_rows = _training_rows(entry, split)
         rows[sid] = int(train_rows.size)
         tokens[sid] = _row_tokens(entry, train_rows)
     n_new = sum(rows.values())
@@ -103,6 +119,8 @@ def plan_run(
     known = _entry_by_id(scan)
     for sid, rws in replay.items():
         replay_tokens += _row_tokens(known[sid], np.asarray(rws))
+        seed, fraction = split_for(known[sid], cfg)
+        splits[sid] = {"val_seed": seed, "val_fraction": fraction}
     sampler = RowSampler(
         n_rows, train.batch_size, seed=order_seed(run_id, train.seed), epochs=train.epochs
     )
@@ -124,6 +142,8 @@ def plan_run(
         total_tokens=(sum(tokens.values()) + replay_tokens) * train.epochs,
         started=started,
         sampler=sampler.state_dict(),
+        splits=splits,
+        warmup_steps=effective_warmup(train.warmup_steps, sampler.total_batches()),
     )
 
 
@@ -140,7 +160,7 @@ def _draw_replay(
         if e.state == "seen" and e.shard_id and e.shard_id not in run_ids and not e.eval_only
     ]
     pool_entries.sort(key=lambda e: e.shard_id or "")
-    parts = [_training_rows(e, cfg.train.seed, cfg.data.val_fraction) for e in pool_entries]
+    parts = [_training_rows(e, split_for(e, cfg)) for e in pool_entries]
     total = sum(p.size for p in parts)
     want = min(total, math.floor(n_new * r / (1.0 - r) + 0.5))
     if want == 0:

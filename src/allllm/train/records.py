@@ -25,7 +25,10 @@ def seen_records_after(
     """The cumulative seen map once ``plan`` is complete (replay rows are never re-recorded)."""
     out = dict(seen)
     for sid in plan.shard_ids:
+        val_seed, val_fraction = plan.split_of(sid)
         out[sid] = SeenRecord(
+            val_seed=val_seed,
+            val_fraction=val_fraction,
             files=plan.shard_files[sid],  # type: ignore[arg-type]
             rows=plan.shard_rows[sid],
             tokens=plan.shard_tokens[sid],
@@ -45,6 +48,7 @@ def run_summary(
         "shards": plan.shard_ids,
         "shard_files": plan.shard_files,
         "replay_rows": sum(len(r) for r in plan.replay.values()),
+        "skipped_steps": plan.skipped_steps,
         "start_step": plan.start_step,
         "end_step": step,
         "steps": plan.total_steps,

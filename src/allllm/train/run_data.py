@@ -44,9 +44,8 @@ def open_run_data(plan: RunPlan, sources: dict[str, ShardSource], vocab_limit: i
     offset_of = {sid: int(dataset.offsets[i]) for i, sid in enumerate(needed)}
     parts, val_parts = [], []
     for sid in plan.shard_ids:
-        train_rows, val_rows = split_rows(
-            plan.val_seed, sid, sources[sid].n_rows, plan.val_fraction
-        )
+        seed, fraction = plan.split_of(sid)
+        train_rows, val_rows = split_rows(seed, sid, sources[sid].n_rows, fraction)
         if train_rows.size != plan.shard_rows[sid]:
             raise DataError(
                 f"shard {sid[:12]} now has {train_rows.size} training rows, the run planned "

@@ -41,6 +41,13 @@ class RunPlan:
     steps_done: int = 0
     tokens_done: int = 0
     complete: bool = False
+    skipped_steps: int = 0  # steps whose loss or gradients were not finite (no update)
+    skipped_in_row: int = 0  # the current streak of them (train.max_skipped_steps)
+    # shard_id -> {"val_seed", "val_fraction"}: the split each shard (run and replay) is read
+    # with; a shard absent here (plans written before it existed) uses val_seed / val_fraction
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # warm-up steps fixed when planned (None: a plan of allllm 0.1.0, see schedule.legacy_warmup)
+    warmup_steps: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -55,6 +62,13 @@ class RunPlan:
     @property
     def short_id(self) -> str:
         return self.run_id[:12]
+
+    def split_of(self, shard_id: str) -> tuple[int, float]:
+        """(val_seed, val_fraction) that decide ``shard_id``'s validation rows in this run."""
+        pinned = self.splits.get(shard_id)
+        if pinned is None:
+            return self.val_seed, self.val_fraction
+        return int(pinned["val_seed"]), float(pinned["val_fraction"])
 
 
 def make_run_id(shard_ids: list[str], start_step: int) -> str:

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from allllm.config import Config, TrainConfig
-from allllm.errors import AllllmError
+from allllm.errors import AllllmError, TrainingError
 from allllm.train import checkpoint as ckpt_io
 from allllm.train.distributed import (
     DistInfo,
@@ -40,7 +40,7 @@ from allllm.train.distributed import (
 from allllm.train.lock import checkpoint_dir_lock
 from allllm.train.loop import Bounds, LoopContext, train_run
 from allllm.train.metrics import MetricsLog, peak_flops
-from allllm.train.optim import make_optimizer
+from allllm.train.optim import apply_hyperparams, make_optimizer
 from allllm.train.options import QuietReporter, Reporter, TrainOptions, TrainResult
 from allllm.train.parallelize import parallelize
 from allllm.train.planning import choose_new_run, scan_for
@@ -64,6 +64,12 @@ from allllm.train.state_dicts import (
     optimizer_state,
 )
 from allllm.util.clock import utc_iso
+
+
+def non_finite_weights(weights: dict[str, torch.Tensor]) -> str:
+    """The first tensors holding NaN or inf ("" when all are finite): no checkpoint may hold them."""
+    bad = [k for k, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    return ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
 
 
 def train(
@@ -119,6 +125,7 @@ class Session:
         self.state = TrainState()
         self.metrics: MetricsLog | None = None
         self.ctx: LoopContext | None = None
+        self.loaded_optimizer = False  # moments (and param groups) came from a checkpoint
 
     # -- orchestration ------------------------------------------------------------------------
     def run(self) -> TrainResult:
@@ -146,6 +153,7 @@ class Session:
             osd = ckpt_io.load_optimizer_state(ref)
             scaler_state = osd.pop("grad_scaler", None)
             load_optimizer_state(model, optimizer, osd, str(ref.path / ckpt_io.OPTIMIZER_FILE))
+            self.loaded_optimizer = True
             if scaler_state and scaler.is_enabled():
                 scaler.load_state_dict(scaler_state)
         elif start.checkpoint is not None:
@@ -271,6 +279,13 @@ class Session:
         plan.complete = complete
         state.run, state.config = plan, run_config
         weights = model_state(ctx.model)
+        not_finite = run_on_rank0(self.info, lambda: non_finite_weights(weights))
+        if not_finite:
+            raise TrainingError(
+                f"not saving step {state.step}: weights are not finite ({not_finite}); the "
+                "latest checkpoint stays the one before",
+                "lower train.lr or check this run's data, then train again",
+            )
         osd = optimizer_state(ctx.model, ctx.optimizer)
         state.capture_rng(self.device, self.info)
         if not self.info.is_main:
@@ -313,6 +328,12 @@ class Session:
             self.cfg, self.opts, self.info, self.state.seen, plan, ident
         )
         self.ctx.eval_sets = eval_sets
+        changed = apply_hyperparams(self.ctx.optimizer, run_train)
+        if changed and not resumed and self.loaded_optimizer:
+            self.reporter.message(
+                "optimizer settings changed at this run boundary (moments kept): "
+                + "; ".join(changed)
+            )
         run_config = self.cfg.to_json_dict()
         run_config["train"] = run_train.model_dump(mode="json")
         self.reporter.run_started(

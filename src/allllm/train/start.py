@@ -20,12 +20,14 @@ from typing import Any
 from allllm.config import Config, TrainConfig
 from allllm.data.registry import TokenizerIdentity
 from allllm.data.seen import (
+    SEEN_FORMAT,
     SeenMap,
     load_seen,
     reconcile,
     save_seen,
     seen_differences,
     seen_path,
+    stored_version,
 )
 from allllm.errors import AllllmError, CheckpointError, ConfigError
 from allllm.train.checkpoint import (
@@ -105,10 +107,12 @@ def training_differences(run_train: dict[str, Any], current: TrainConfig) -> lis
         "wandb",
     }
     now = current.model_dump(mode="json")
+    # a key newer than the snapshot takes its default for the pending run (what it ran with)
+    then = TrainConfig.model_validate(run_train).model_dump(mode="json")
     return [
-        f"{k}: run {run_train.get(k)!r}, config {v!r}"
+        f"{k}: run {then.get(k)!r}, config {v!r}"
         for k, v in now.items()
-        if k not in ignore and run_train.get(k) != v
+        if k not in ignore and then.get(k) != v
     ]
 
 
@@ -189,7 +193,9 @@ def decide_start(
     if opts.start_fresh and abandoned:
         seen = SeenMap()  # the seen records went aside with the model they describe
     else:
-        seen = _reconciled_seen(ckpt_dir, state, opts, reporter)
+        legacy = state.split_for_legacy_records() if state is not None else None
+        legacy = legacy or (cfg.train.seed, cfg.data.val_fraction)
+        seen = _reconciled_seen(ckpt_dir, state, opts, reporter, legacy)
     if state is not None and state.run_complete and state.run_summary and not opts.dry_run:
         log_run_once(ckpt_dir, state.run_summary)  # a crash may have come before the line
     pending = state.pending if state is not None else None
@@ -225,20 +231,32 @@ def decide_start(
 
 
 def _reconciled_seen(
-    ckpt_dir: Path, state: TrainState | None, opts: TrainOptions, reporter: Reporter
+    ckpt_dir: Path,
+    state: TrainState | None,
+    opts: TrainOptions,
+    reporter: Reporter,
+    legacy_split: tuple[int, float],
 ) -> SeenMap:
-    """The seen map: the checkpoint's, with ``seen_datasets.json`` rewritten to match it."""
+    """The seen map: the checkpoint's, with ``seen_datasets.json`` rewritten to match it.
+
+    A version-1 file's records take ``legacy_split`` (the latest checkpoint's snapshot).
+    """
     ckpt_seen = state.seen if state is not None else None
     seen_file = seen_path(ckpt_dir)
     existed = seen_file.exists()
     file_map = load_seen(
-        seen_file, rebuild_from=lambda: ckpt_seen, repair=not opts.dry_run, warn=reporter.warn
+        seen_file,
+        rebuild_from=lambda: ckpt_seen,
+        repair=not opts.dry_run,
+        warn=reporter.warn,
+        legacy_split=legacy_split,
     )
     seen = reconcile(file_map, ckpt_seen, warn=reporter.warn)
     if state is not None and not opts.dry_run:
         if not existed and len(seen):
             reporter.warn(f"{seen_file} was missing; rebuilt it from the latest checkpoint")
-        if not existed or seen_differences(file_map, seen):
+        older = existed and (stored_version(seen_file) or SEEN_FORMAT.current) < SEEN_FORMAT.current
+        if not existed or older or seen_differences(file_map, seen):
             save_seen(seen_file, seen)  # the file is a view of the latest checkpoint
     return seen
 

@@ -9,12 +9,15 @@ it back with :meth:`TrainState.from_state_dict`, which migrates older formats
 and refuses newer ones (:mod:`allllm.util.versions`). Plain data: reading a
 state imports neither torch nor numpy (``status`` reads checkpoints too).
 
-Format 1 (every allllm so far) — ``trainer_state.json``::
+Format 2 — ``trainer_state.json``::
 
     format_version, step, tokens_seen, run_id, run_complete, run (the RunPlan),
     run_summary (the runs.jsonl line, once complete), rng [per rank], world_size,
     config (snapshot), tokenizer_fingerprint, seen {shard_id: record}, created,
     last {loss, val_loss}
+
+Format 1 had no ``val_seed`` / ``val_fraction`` in its seen records; they are
+migrated from the state's own config snapshot.
 """
 
 from __future__ import annotations
@@ -31,8 +34,42 @@ if TYPE_CHECKING:
 
     from allllm.train.distributed import DistInfo
 
-#: trainer_state.json: version 1 is the only one so far (older versions would migrate here)
-STATE_FORMAT = FileFormat("trainer state", current=1)
+
+def snapshot_split(data: dict[str, Any]) -> tuple[int, float] | None:
+    """(train.seed, data.val_fraction) of a trainer state's config snapshot, else its run's."""
+    config = data.get("config") or {}
+    seed = (config.get("train") or {}).get("seed")
+    fraction = (config.get("data") or {}).get("val_fraction")
+    if isinstance(seed, int) and isinstance(fraction, (int, float)):
+        return seed, float(fraction)
+    run = data.get("run") or {}
+    if isinstance(run.get("val_seed"), int) and isinstance(run.get("val_fraction"), (int, float)):
+        return run["val_seed"], float(run["val_fraction"])
+    return None
+
+
+def _pin_seen_splits(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 → 2: the seen records gain the split the checkpoint's config snapshot names.
+
+    Version 1 stored no split per record; its runs used the config of their time, and
+    this checkpoint's snapshot is the latest record of it (a one-time migration).
+    """
+    split = snapshot_split(data)
+    seen = data.get("seen")
+    if isinstance(seen, dict) and seen:
+        if split is None:
+            raise CheckpointError("version-1 trainer state without a config snapshot or run")
+        data["seen"] = {
+            sid: {"val_seed": split[0], "val_fraction": split[1], **rec}
+            if isinstance(rec, dict)
+            else rec
+            for sid, rec in seen.items()
+        }
+    return data
+
+
+#: trainer_state.json: version 2 stores each seen record's validation split
+STATE_FORMAT = FileFormat("trainer state", current=2, migrations={1: _pin_seen_splits})
 STATE_FORMAT_VERSION = STATE_FORMAT.current
 
 
@@ -56,6 +93,12 @@ class TrainState:
     @property
     def run_complete(self) -> bool:
         return self.run is None or self.run.complete
+
+    def split_for_legacy_records(self) -> tuple[int, float] | None:
+        """The split version-1 seen records take: this checkpoint's config snapshot."""
+        return snapshot_split(
+            {"config": self.config, "run": self.run.to_dict() if self.run else {}}
+        )
 
     @property
     def pending(self) -> RunPlan | None:

@@ -6,8 +6,9 @@ whose validation rows are held out just the same) plus every row of the
 ``data.eval_shards`` shards. ``--shards GLOB`` evaluates all rows of the
 matching valid shards instead (any text you tokenized with the config).
 
-The validation split is recomputed from the seed and ``val_fraction`` in the
-checkpoint's config snapshot — the values the rows were held out with — and
+The validation split of each shard is recomputed from the ``val_seed`` and
+``val_fraction`` pinned in its seen record (or in the pending run's plan) — the
+values its rows were held out with, whatever the config says now — and
 the loss is the causal-LM loss of training (sum over predicted tokens / their
 count), per shard and in total; perplexity is ``exp(loss)``.
 """
@@ -112,16 +113,17 @@ def select_rows(
                 f"see `allllm status --model {cfg.name}` for shard names and states",
             )
         return parts
-    snapshot = state.config
-    seed = int((snapshot.get("train") or {}).get("seed", cfg.train.seed))
-    val_fraction = float((snapshot.get("data") or {}).get("val_fraction", cfg.data.val_fraction))
-    held_out = set(state.seen) | set(state.run.shard_ids if state.run else [])
+    # each shard's own split: its seen record's, or the (pending) run's that planned it
+    splits = {sid: state.run.split_of(sid) for sid in state.run.shard_ids} if state.run else {}
+    for sid, rec in state.seen.items():
+        splits[sid] = (int(rec["val_seed"]), float(rec["val_fraction"]))
     for entry in scan.shards:
         if entry.state not in ("new", "seen") or not entry.shard_id or not entry.n_rows:
             continue
         if entry.eval_only:
             parts.append(EvalPart(entry, np.arange(entry.n_rows), "eval_shard"))
-        elif entry.shard_id in held_out:
+        elif entry.shard_id in splits:
+            seed, val_fraction = splits[entry.shard_id]
             val = split_rows(seed, entry.shard_id, entry.n_rows, val_fraction)[1]
             if val.size:
                 parts.append(EvalPart(entry, val, "validation"))

@@ -69,16 +69,20 @@ def _tokenizer_identity(cfg: Config, tokenizer: Any, notes: list[str]) -> Tokeni
 
 def _seen_map(cfg: Config, checkpoint: dict[str, Any] | None, notes: list[str]) -> SeenMap:
     ckpt_map = checkpoint.get("seen") if checkpoint else None
+    legacy = (checkpoint or {}).get("legacy_split")
     file_map = load_seen(
         seen_path(cfg.checkpoint_path),
         rebuild_from=lambda: ckpt_map,
         repair=False,
         warn=notes.append,
+        legacy_split=tuple(legacy) if legacy else (cfg.train.seed, cfg.data.val_fraction),
     )
     return reconcile(file_map, ckpt_map, warn=notes.append)
 
 
-def _shard_report(entry: ShardEntry, cfg: Config, pending: set[str]) -> dict[str, Any]:
+def _shard_report(
+    entry: ShardEntry, cfg: Config, pending: dict[str, tuple[int, float]]
+) -> dict[str, Any]:
     rec = entry.record
     rows = entry.n_rows if entry.n_rows is not None else None
     split: tuple[int | None, ...] = (None, None, None, None)
@@ -86,10 +90,16 @@ def _shard_report(entry: ShardEntry, cfg: Config, pending: set[str]) -> dict[str
         if entry.eval_only:
             split = (0, 0, rows, entry.n_tokens)
         else:
+            # a trained shard keeps the split it was trained with; the pending run's shards
+            # the one it planned; only shards never planned follow the current config
+            seed, fraction = (
+                rec.split
+                if rec is not None
+                else pending.get(entry.shard_id, (cfg.train.seed, cfg.data.val_fraction))
+            )
             split = split_sizes(
-                cfg.train.seed, entry.shard_id, rows, entry.seq_len, entry.last_row_len or 0,
-                cfg.data.val_fraction,
-            )  # fmt: skip
+                seed, entry.shard_id, rows, entry.seq_len, entry.last_row_len or 0, fraction
+            )
     return {
         "name": entry.name,
         "shard_id": entry.shard_id,
@@ -202,7 +212,13 @@ def build_status(
         trust_unverified=trust_unverified,
     )
     pending_run = (checkpoint or {}).get("pending_run") or {}
-    pending = {str(s) for s in pending_run.get("shards", [])}
+    planned = (checkpoint or {}).get("pending_splits") or {}
+    pending = {
+        str(s): (int(planned[s][0]), float(planned[s][1]))
+        if s in planned
+        else (cfg.train.seed, cfg.data.val_fraction)
+        for s in pending_run.get("shards", [])
+    }
     entries = result.all_entries()
     shards = [_shard_report(e, cfg, pending) for e in entries]
     report: dict[str, Any] = {
@@ -232,5 +248,6 @@ def build_status(
     if checkpoint is None:
         notes.append(f"no checkpoints yet in {ckpt_dir}")
     else:
-        report["checkpoint"] = {k: v for k, v in checkpoint.items() if k != "seen"}
+        hidden = ("seen", "legacy_split", "pending_splits")
+        report["checkpoint"] = {k: v for k, v in checkpoint.items() if k not in hidden}
     return report

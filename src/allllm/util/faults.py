@@ -3,7 +3,11 @@
 ``ALLLLM_FAULT=<point>[:<n>[:enospc]]`` makes the process SIGKILL itself the
 n-th time (default: first) it passes ``fault_point("<point>")`` — exactly what
 a power cut or an OOM kill does at that moment — or, with ``enospc``, fail
-there as a full disk does (``OSError(ENOSPC)``). The suite uses it to prove
+there as a full disk does (``OSError(ENOSPC)``). Points that corrupt values
+instead of stopping the process take ``nan`` (the n-th pass only) or
+``nan-every`` (every pass from the n-th on): ``ALLLLM_FAULT=train.grad:3:nan``
+turns the gradients of the 3rd optimizer step of this process into NaN
+(:func:`inject_nan`). The suite uses it to prove
 that no crash point loses data, trains a shard twice or leaves a half-written
 file that a later run would trust. Without the variable a fault point costs
 one environment lookup.
@@ -35,7 +39,7 @@ def fault_point(name: str) -> None:
     ``enospc`` action exercises the same path a full disk does.
     """
     target = _target()
-    if target is None or target[0] != name:
+    if target is None or target[0] != name or target[2].startswith("nan"):
         return
     _counts[name] = _counts.get(name, 0) + 1
     if _counts[name] < target[1]:
@@ -45,13 +49,25 @@ def fault_point(name: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def inject_nan(name: str) -> bool:
+    """True when ``ALLLLM_FAULT`` asks for NaN values at this pass of ``name``."""
+    target = _target()
+    if target is None or target[0] != name or target[2] not in ("nan", "nan-every"):
+        return False
+    _counts[name] = _counts.get(name, 0) + 1
+    due = _counts[name] == target[1] if target[2] == "nan" else _counts[name] >= target[1]
+    return due
+
+
 POINTS = (
+    "train.grad",  # nan / nan-every: this optimizer step's gradients are NaN (on every rank)
     "train.step",  # inside an optimizer step: gradients computed, weights not yet updated
     "checkpoint.files",  # checkpoint files written to the temporary directory, not renamed
     "checkpoint.renamed",  # checkpoint directory renamed into place, no completion marker yet
     "checkpoint.rotate",  # an old checkpoint renamed for deletion, not yet deleted
     "train.before_seen",  # the run's final checkpoint is durable, seen records not written
     "train.before_runs",  # seen records written, runs.jsonl line not yet
+    "tokenize.journal",  # a journal entry's temporary written, not yet renamed into place
     "tokenize.rows",  # a shard's rows partly written
     "tokenize.renamed",  # data files renamed into place, meta not yet
     "tokenize.meta",  # meta in place, journal entry not yet removed

@@ -20,7 +20,9 @@ from typing import Any
 
 from allllm.errors import FormatVersionError
 
-Migration = Callable[[dict[str, Any]], dict[str, Any]]
+#: ``migration(data, **context)``: most need only the data; some need facts from elsewhere
+#: (seen records v1 → v2 take the split values of the latest checkpoint's config snapshot)
+Migration = Callable[..., dict[str, Any]]
 UPGRADE_HINT = "upgrade allllm (pip install -U allllm) to read it"
 
 
@@ -55,17 +57,18 @@ class FileFormat:
                 UPGRADE_HINT,
             )
 
-    def upgrade(self, data: dict[str, Any], where: str) -> dict[str, Any]:
+    def upgrade(self, data: dict[str, Any], where: str, **context: Any) -> dict[str, Any]:
         """``data`` in the current format: migrated when older, refused when newer.
 
         ``data`` must have a version (check :meth:`version_of` first); it is not modified.
+        ``context`` is handed to every migration that runs.
         """
         version = self.version_of(data)
         if version is None:
             raise ValueError(f"{where}: no format_version")
         self.refuse_newer(version, where)
         while version < self.current:
-            data = self.migrations[version](dict(data))
+            data = self.migrations[version](dict(data), **context)
             version += 1
             data["format_version"] = version
         return data

@@ -15,8 +15,8 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
+from allllm.cli.views.tables import Col, fit_table, unwrapped
 from allllm.use.evaluate import EvalResult
 
 ROLES = {"validation": "validation rows", "eval_shard": "eval shard (all rows)", "all": "all rows"}
@@ -49,23 +49,41 @@ class RichEvalProgress:
         self._progress.stop()
 
 
+#: at 80 columns the shard names and their roles fold; the numbers stay whole
+_COLUMNS = (
+    Col("shard"),
+    Col("rows", numeric=True),
+    Col("tokens", numeric=True),
+    Col("loss", numeric=True),
+    Col("what"),
+)
+
+
 def render_eval(result: EvalResult, console: Console) -> None:
-    """Per-shard losses (when there are several shards), then the total."""
+    """Per-shard losses (when there are several shards), then the total and the checkpoint.
+
+    The checkpoint's path has a line of its own, so the figures before it wrap at spaces
+    on a terminal and never break inside a number.
+    """
     if len(result.shards) > 1:
-        table = Table(show_edge=False, header_style="bold")
-        for col, justify in (("shard", "left"), ("rows", "right"), ("tokens", "right")):
-            table.add_column(col, justify=justify)  # type: ignore[arg-type]
-        table.add_column("loss", justify="right")
-        table.add_column("what", justify="left")
-        for s in result.shards:
-            loss = "-" if s["loss"] is None else f"{s['loss']:.4f}"
-            table.add_row(
-                escape(s["name"]), f"{s['rows']:,}", f"{s['tokens']:,}", loss, ROLES[s["role"]]
-            )
-        console.print(table)
+        rows = [
+            [
+                escape(s["name"]),
+                f"{s['rows']:,}",
+                f"{s['tokens']:,}",
+                "-" if s["loss"] is None else f"{s['loss']:.4f}",
+                ROLES[s["role"]],
+            ]
+            for s in result.shards
+        ]
+        console.print(
+            fit_table(console.width, _COLUMNS, rows, show_edge=False, header_style="bold")
+        )
+    soft = unwrapped(console)
     console.print(
         f"[bold]loss {result.loss:.4f}[/bold]  perplexity {result.perplexity:.3f}  over "
         f"{result.tokens:,} tokens ({result.rows:,} rows, {len(result.shards)} shard(s)) at step "
-        f"{result.step}  [dim]({escape(result.checkpoint)})[/dim]",
-        soft_wrap=True,
+        f"{result.step}",
+        soft_wrap=soft,
     )
+    console.print(f"[dim]checkpoint {escape(result.checkpoint)}[/dim]", soft_wrap=soft)

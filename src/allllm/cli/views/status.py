@@ -10,8 +10,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
+from allllm.cli.views.tables import Col, fit_table
 from allllm.model.sizes import format_count
 
 _STYLE = {
@@ -23,6 +23,15 @@ _STYLE = {
     "duplicate": "dim",
     "missing": "magenta",
 }
+
+#: at 80 columns the formats give way first (``--json`` lists them): names and states fold
+_COLUMNS = (
+    Col("shard"),
+    Col("formats", optional=True),
+    Col("rows", numeric=True),
+    Col("tokens", numeric=True),
+    Col("state"),
+)
 
 
 def state_text(shard: dict[str, Any]) -> str:
@@ -112,22 +121,21 @@ def render_status(report: dict[str, Any], console: Console, *, max_rows: int | N
     )
     shards = report["shards"]
     if shards:
-        table = Table(show_edge=False, header_style="bold")
-        table.add_column("shard", overflow="fold")
-        table.add_column("formats")
-        table.add_column("rows", justify="right")
-        table.add_column("tokens", justify="right")
-        table.add_column("state", overflow="fold")
         shown = shards if max_rows is None else shards[:max_rows]
+        rows = []
         for s in shown:
             style = _STYLE.get(s["state"], "")
-            table.add_row(
-                escape(s["name"]),
-                "+".join(s["formats"]) or "-",
-                _num(s["rows"]),
-                _num(s["tokens"]),
-                f"[{style}]{escape(state_text(s))}[/{style}]" if style else escape(state_text(s)),
+            state = escape(state_text(s))
+            rows.append(
+                [
+                    escape(s["name"]),
+                    "+".join(s["formats"]) or "-",
+                    _num(s["rows"]),
+                    _num(s["tokens"]),
+                    f"[{style}]{state}[/{style}]" if style else state,
+                ]
             )
+        table = fit_table(console.width, _COLUMNS, rows, show_edge=False, header_style="bold")
         console.print(table)
         if len(shown) < len(shards):
             console.print(f"... {len(shards) - len(shown)} more shard(s) (--json lists all)")

@@ -20,7 +20,9 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column
 
+from allllm.cli.views.tables import unwrapped
 from allllm.model.sizes import format_count
 
 LOG_EVERY_S = 30.0  # without a terminal: one progress line at most this often
@@ -56,24 +58,28 @@ class RichTrainReporter:
             return
         verb = "resuming pending run" if info["resumed"] else "new run"
         shards = info["shards"]
-        listed = escape(
-            ", ".join(shards[:3]) + (f" (+{len(shards) - 3} more)" if len(shards) > 3 else "")
-        )
         replay = f" + {info['replay_rows']:,} replay rows" if info["replay_rows"] else ""
+        soft = unwrapped(self.console)
         self.console.print(
-            f"[bold]{verb} {info['run_id'][:12]}[/bold]: {len(shards)} shard(s) ({listed}), "
-            f"{info['rows']:,} rows{replay} × {info['epochs']} epoch(s) = {info['total_steps']} steps, "
-            f"{format_count(info['total_tokens'])} tokens",
-            soft_wrap=True,
+            f"[bold]{verb} {info['run_id'][:12]}[/bold]: {len(shards)} shard(s), "
+            f"{info['rows']:,} rows{replay} × {info['epochs']} epoch(s) = "
+            f"{info['total_steps']:,} steps, {format_count(info['total_tokens'])} tokens",
+            soft_wrap=soft,
         )
+        for name in shards[:3]:  # a line each: shard file names are long
+            self.console.print(f"  {escape(name)}", soft_wrap=soft, highlight=False)
+        if len(shards) > 3:
+            self.console.print(f"  (+{len(shards) - 3} more)")
         if not self.console.is_terminal:
             return  # logs and pipes get a plain line now and then instead of a live bar
+        whole = Column(no_wrap=True)
         self._progress = Progress(
-            TextColumn("step {task.fields[step]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
-            TimeRemainingColumn(),
+            TextColumn("step {task.fields[step]}", table_column=whole),
+            BarColumn(bar_width=max(min(self.console.width - 80, 40), 10)),
+            MofNCompleteColumn(table_column=whole),
+            # the stats wrap at their spaces rather than lose their end at 80 columns
+            TextColumn("{task.fields[stats]}", table_column=Column(overflow="fold")),
+            TimeRemainingColumn(table_column=whole),
             console=self.console,
         )
         self._progress.start()
@@ -87,9 +93,11 @@ class RichTrainReporter:
 
     def step(self, record: dict[str, Any]) -> None:
         self._last = record
-        stats = (
-            f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s"
-        )
+        loss = record.get("loss")
+        shown = "nan" if loss is None else f"{loss:.4f}"
+        stats = f"loss {shown}  lr {record['lr']:.2e}  {record['tokens_per_s']:,.0f} tok/s"
+        if record.get("skipped"):
+            stats += "  SKIPPED (not finite)"
         if "mfu" in record:
             stats += f"  MFU {record['mfu']:.1%}"
         if "val_loss" in record:
@@ -131,7 +139,7 @@ class RichTrainReporter:
             f"{summary['end_step']}, {summary.get('seconds', 0):.0f}s"
             + (f", loss {loss:.4f}" if loss is not None else "")
             + (f", val {val:.4f}" if val is not None else ""),
-            soft_wrap=True,
+            soft_wrap=unwrapped(self.console),
         )
 
     def close(self) -> None:
@@ -159,6 +167,12 @@ def render_dry_run(plan: dict[str, Any], console: Console) -> None:
         )
         for name in shards:
             console.print(f"  {escape(name)}", soft_wrap=True)
+    if plan.get("optimizer_changes"):
+        console.print(
+            "the new run takes the config's optimizer settings (moments kept): "
+            + "; ".join(plan["optimizer_changes"]),
+            soft_wrap=True,
+        )
     if not pending and not new:
         console.print("nothing to train")
     if est:

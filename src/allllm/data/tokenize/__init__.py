@@ -3,7 +3,8 @@
 ``tokenize(cfg)`` is the library call behind ``allllm tokenize``; the modules
 below it are ``plan`` (what is up to date, appended or changed), ``encode``
 (raw pieces → token ids on every core), ``write`` (rows → ``.jsonl`` / ``.bin``
-/ meta), ``journal`` (nothing half-written is ever taken for a shard) and
+/ meta), ``journal`` (nothing half-written is ever taken for a shard),
+``rebuilt`` (a rebuild of a shard that exists is discarded, not kept beside it) and
 ``summary`` (progress callbacks and the run's summary).
 """
 

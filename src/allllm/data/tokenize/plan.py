@@ -106,6 +106,9 @@ class TokenizePlan:
     up_to_date: list[RawSource]
     superseded: list[str]  # stems of shards the new ones will supersede
     warnings: list[str]
+    # the live shards made with these settings: a rebuild with the id of one of them is a
+    # shard that already exists (``rebuilt``)
+    live: list[ExistingShard] = field(default_factory=list)
 
 
 def source_stem(path: Path) -> str:
@@ -314,7 +317,7 @@ def plan_tokenize(
             if stem in superseded
         }
         job.supersedes = sorted({meta_of_stem[s].shard_id for s in replaced})
-    return TokenizePlan(jobs, up_to_date, sorted(superseded), warnings)
+    return TokenizePlan(jobs, up_to_date, sorted(superseded), warnings, live)
 
 
 def _pack(items: list[WorkItem], pack_below_bytes: int) -> list[ShardJob]:

@@ -5,7 +5,8 @@ sources, take the data dir's tokenize lock, remove what a crashed run left
 (journaled files only), plan which sources need work (``plan``), then
 for each shard stream the sources' documents through the tokenizer
 (``encode``) into a ``ShardWriter`` (``write``) that packs rows and writes
-``.jsonl`` / ``.bin`` and the meta last. torch is never imported.
+``.jsonl`` / ``.bin`` and the meta last; a finished shard a live shard already
+holds is discarded (``rebuilt``). torch is never imported.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from allllm.config import Config
+from allllm.data.registry import ScanSpec, TokenizerIdentity
 from allllm.data.shard_format import TokenizerInfo, bin_dtype_for, unique_stem
 from allllm.data.tokenize import journal
 from allllm.data.tokenize.encode import EncodeTimings, Pieces, StreamEncoder
@@ -30,6 +32,7 @@ from allllm.data.tokenize.plan import (
     existing_shards,
     plan_tokenize,
 )
+from allllm.data.tokenize.rebuilt import RebuildCheck, Verdict, settle
 from allllm.data.tokenize.summary import (
     NoProgress,
     ShardSummary,
@@ -141,7 +144,8 @@ def tokenize(
 
     Sources already tokenized with the same settings are skipped ("up to date");
     appended text gets a shard of only the new bytes; changed sources are redone
-    and their old shards superseded. ``force`` redoes everything. The last four
+    and their old shards superseded. ``force`` redoes everything, and keeps a live shard
+    its rebuild reproduces (``summary.unchanged``; ``rebuilt``). The last four
     arguments bound memory and decide the parallel work: the raw reader's piece
     size, the longest text handed to the tokenizer where it may be cut, the text
     per batch call, and the longest document held whole when it has no safe cut.
@@ -183,7 +187,8 @@ def tokenize(
         for message in plan.warnings:
             _warn(message)
         summary.up_to_date = [display_path(s.path) for s in plan.up_to_date]
-        summary.superseded = list(plan.superseded)
+        id_of = {e.stem: e.meta.shard_id for e in plan.live}
+        rebuilds = RebuildCheck(data_dir, plan.live, _scan_spec(setup))
         summary.timings["plan"] = time.perf_counter() - t0
         progress.begin(sum(j.nbytes for j in plan.jobs), len(plan.jobs))
         hasher = _SourceHasher(source_sha256, [i for job in plan.jobs for i in job.items])
@@ -207,14 +212,19 @@ def tokenize(
                 feed = _feed(job, cfg, chunk_bytes, current)
                 writer_timings: dict[str, float] = {}
                 try:
-                    shard = _write_shard(
-                        setup, job, encoder, feed, progress, writer_timings, hasher
+                    shard, verdict = _write_shard(
+                        setup, job, encoder, feed, progress, writer_timings, hasher, rebuilds
                     )
                 finally:
                     _add_timings(summary.timings, encoder.timings, writer_timings)
                 summary.bytes += job.nbytes
-                if shard is not None:
+                summary.replaced += verdict.replaced
+                if verdict.unchanged is not None:
+                    summary.unchanged.append(verdict.unchanged)
+                elif shard is not None:
                     summary.shards.append(shard)
+                    gone = [st for st in plan.superseded if id_of[st] in shard.supersedes]
+                    summary.superseded = sorted({*summary.superseded, *gone})
                 else:
                     names = ", ".join(display_path(i.source.path) for i in job.items)
                     _warn(f"{names}: no text to tokenize (only whitespace), no shard written")
@@ -244,6 +254,15 @@ class _SourceHasher:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _scan_spec(setup: _Setup) -> ScanSpec:
+    """What ``status`` checks a shard against for this config (to judge a rebuild's twin)."""
+    info = setup.tok_info
+    ident = TokenizerIdentity(
+        info.backend, info.path, info.fingerprint, info.vocab_size, info.pad_id, info.eos_id
+    )
+    return ScanSpec.from_config(setup.cfg, ident)
 
 
 def _add_timings(total: dict[str, float], encoder: EncodeTimings, writer: dict[str, float]) -> None:
@@ -290,7 +309,10 @@ def _write_shard(
     progress: TokenizeProgress,
     timings: dict[str, float],
     hasher: _SourceHasher,
-) -> ShardSummary | None:
+    rebuilds: RebuildCheck,
+) -> tuple[ShardSummary | None, Verdict]:
+    """Write one job's shard; None where it has no text. The verdict says whether a live
+    shard already held it (the rebuild discarded) or which same-id shards it replaced."""
     cfg, tok_info = setup.cfg, setup.tok_info
     data_dir = cfg.data_dir
     stem = unique_stem(data_dir, job.source_stem, cfg.data.seq_len, utc_timestamp())
@@ -321,7 +343,7 @@ def _write_shard(
                 tokens = 0
         if writer.n_rows == 0 and not writer.has_pending():
             writer.abort()
-            return None
+            return None, Verdict()
         has_jsonl = any(i.source.format == "jsonl" for i in job.items)
         hasher.resolve(job.items)
         meta = writer.finish(
@@ -334,12 +356,15 @@ def _write_shard(
             n_documents=documents,
             supersedes=job.supersedes,
         )
+        verdict = settle(writer, meta, rebuilds)
     except BaseException:
         writer.abort()
         raise
     finally:
         timings.update(writer.timings)
         progress.end_shard()
+    if verdict.unchanged is not None:
+        return None, verdict
     return ShardSummary(
         stem=stem,
         shard_id=meta.shard_id,
@@ -350,7 +375,7 @@ def _write_shard(
         rows=meta.n_rows,
         files=[f.name for f in meta.files.values()],
         supersedes=list(meta.supersedes),
-    )
+    ), verdict
 
 
 def _source_record(item: WorkItem) -> dict[str, Any]:

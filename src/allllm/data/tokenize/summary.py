@@ -78,7 +78,13 @@ class TokenizeSummary:
     sources: int = 0
     up_to_date: list[str] = field(default_factory=list)  # source paths
     shards: list[ShardSummary] = field(default_factory=list)
-    superseded: list[str] = field(default_factory=list)  # stems of shards now superseded
+    superseded: list[str] = field(default_factory=list)  # stems a shard written now supersedes
+    # stems of live shards a rebuild reproduced (same shard_id and sources, digests good, every
+    # format): kept, the rebuild discarded (``--force`` on unchanged text)
+    unchanged: list[str] = field(default_factory=list)
+    # stems of live shards with a rebuild's shard_id and sources whose files failed their
+    # checks (corrupt, truncated) or lacked a format this run writes: removed for the rebuild
+    replaced: list[str] = field(default_factory=list)
     cleaned: list[str] = field(default_factory=list)  # stems a crashed run left, removed
     warnings: list[str] = field(default_factory=list)
     bytes: int = 0  # raw input bytes read

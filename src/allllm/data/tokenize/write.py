@@ -4,8 +4,10 @@ The token stream arrives in chunks; complete rows of exactly ``seq_len`` ids
 are rendered and hashed as they form, so memory is bounded by one chunk. Data
 goes to temporary names listed in the journal (``journal.py``), is fsynced and
 renamed, and the meta file is renamed into place last: a reader that sees the
-meta sees complete data. Any failure (a full disk, a bad id, Ctrl-C) removes
-every file of the shard and leaves older shards untouched.
+meta sees complete data. The journal entry stays until the caller ``commit``s
+the finished shard (or ``abort``s it: a rebuild a live shard already holds).
+Any failure (a full disk, a bad id, Ctrl-C) removes every file of the shard and
+leaves older shards untouched.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 import numpy as np
 
@@ -183,7 +185,7 @@ class ShardWriter:
                 hashed = not (role == "bin" and self._bin_from_stream)
                 self._files[role] = _HashingFile(data_dir / name, self.timings, hashed=hashed)
         except OSError as exc:
-            self._fail(exc)
+            self.fail(exc)
 
     # -- writing ----------------------------------------------------------------------------------
     def add(self, ids: np.ndarray) -> None:
@@ -242,7 +244,7 @@ class ShardWriter:
                 self._files["bin"].write(data)
             fault_point("tokenize.rows")
         except OSError as exc:
-            self._fail(exc)
+            self.fail(exc)
         self.n_rows += rows.shape[0]
         self.n_tokens += rows.size
 
@@ -257,6 +259,7 @@ class ShardWriter:
         ``meta_fields`` are the caller's meta fields (tokenizer, sources, ...);
         counts, ids and file digests are filled in here. A ``supersedes`` entry equal
         to this shard's own id is dropped (re-tokenizing identical text replaces nothing).
+        The shard stays journaled (invisible to scans) until ``commit`` or ``abort``.
         """
         last_row_len = self.seq_len if self.n_rows else 0
         if self._pending.size:
@@ -293,12 +296,20 @@ class ShardWriter:
             fault_point("tokenize.renamed")
             self._write_meta(meta)
             fault_point("tokenize.meta")
-            journal.end(self.data_dir, self.stem)
         except OSError as exc:
-            self._fail(exc)
-        self._done = True
+            self.fail(exc)
         self.timings["finish"] += time.perf_counter() - t0
         return meta
+
+    def commit(self) -> None:
+        """Make the finished shard visible: drop its journal entry (durably)."""
+        t0 = time.perf_counter()
+        try:
+            journal.end(self.data_dir, self.stem)
+        except OSError as exc:
+            self.fail(exc)
+        self._done = True
+        self.timings["finish"] += time.perf_counter() - t0
 
     def _file_sha(self, role: str) -> str:
         sha = self._files[role].sha
@@ -316,7 +327,11 @@ class ShardWriter:
         fsync_dir(self.data_dir)
 
     def abort(self) -> None:
-        """Remove every file of this shard (temporary or renamed) and its journal entry."""
+        """Remove every file of this shard (temporary or renamed) and its journal entry.
+
+        Also after ``finish``: the entry goes last, so a kill midway leaves the rest journaled
+        for the next tokenize to remove. A no-op once committed.
+        """
         if self._done:
             return
         self._done = True
@@ -325,7 +340,9 @@ class ShardWriter:
         with contextlib.suppress(OSError):
             journal.remove_listed_files(self.data_dir, self.stem)
 
-    def _fail(self, exc: OSError) -> None:
+    def fail(self, exc: OSError) -> NoReturn:
+        """Abort the shard and raise the one-line error of a failed write (also for a write a
+        caller makes for this shard, e.g. a journal entry)."""
         self.abort()
         if exc.errno == errno.ENOSPC:
             what = "the disk is full"

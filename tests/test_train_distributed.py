@@ -26,9 +26,12 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _torchrun(root: Path, *args: str) -> subprocess.CompletedProcess:
+def _torchrun(
+    root: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
+        **(env or {}),
         "OMP_NUM_THREADS": "1",
         "MASTER_ADDR": "127.0.0.1",
         "GLOO_SOCKET_IFNAME": "lo",
@@ -95,3 +98,19 @@ def test_two_rank_run_resumes_on_one_process(single: Path, tmp_path: Path) -> No
     cli(root, "train", "--model", "micro", "--only-new", "--max-steps", "3", "--quiet")
     ours, ref = _losses(root), _losses(single)
     assert [round(x, 4) for x in ours] == [round(x, 4) for x in ref]
+
+
+def test_a_nan_on_one_rank_is_skipped_by_every_rank(single: Path, tmp_path: Path) -> None:
+    """The skip is decided together: rank 1's NaN gradients make rank 0 skip too (FSDP2)."""
+    root = _copy_tokenized(single, tmp_path, fsdp=True)
+    fault = {"ALLLLM_FAULT": "train.grad:2:nan", "ALLLLM_FAULT_RANK": "1"}
+    _torchrun(
+        root, "train", "--model", "micro", "--only-new", "--max-steps", "4", "--quiet", env=fault
+    )
+    lines = [
+        json.loads(x) for x in (root / "checkpoints/micro/metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in lines if r["skipped"]] == [2]  # rank 0 writes the metrics
+    assert torch.isfinite(
+        torch.stack([t.float().abs().sum() for t in weights(root).values()])
+    ).all()

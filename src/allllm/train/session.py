@@ -53,6 +53,7 @@ from allllm.train.start import (
     StartPoint,
     decide_start,
     set_aside,
+    snapshot_train_config,
     tokenizer_identity,
     training_differences,
 )
@@ -199,7 +200,7 @@ class Session:
                 snapshot = self.state.config["train"]
                 for line in training_differences(snapshot, cfg.train):
                     self.reporter.warn(f"pending run keeps its own setting — {line}")
-                pending_train = TrainConfig.model_validate(snapshot)
+                pending_train = snapshot_train_config(snapshot, str(start.checkpoint))
                 if not self._train_plan(start.pending, pending_train, ident, resumed=True):
                     return self._finish()
             new_plan = early_plan or run_on_rank0(

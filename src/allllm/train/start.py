@@ -94,6 +94,22 @@ def architecture_differences(current: Config, snapshot: dict[str, Any]) -> list[
     ]
 
 
+def snapshot_train_config(run_train: dict[str, Any], where: str = "checkpoint") -> TrainConfig:
+    """The ``train`` section of a checkpoint's config snapshot (keys newer than it: defaults)."""
+    from pydantic import ValidationError
+
+    from allllm.config import describe_validation_error
+
+    try:
+        return TrainConfig.model_validate(run_train)
+    except ValidationError as exc:
+        raise CheckpointError(
+            f"the pending run's config snapshot does not validate: "
+            f"{describe_validation_error(exc, where + ' config snapshot, section train')}",
+            "drop the pending run with --abandon-pending (its shards stay new)",
+        ) from None
+
+
 def training_differences(run_train: dict[str, Any], current: TrainConfig) -> list[str]:
     """Training hyper-parameters that changed since a pending run was planned."""
     ignore = {
@@ -108,7 +124,7 @@ def training_differences(run_train: dict[str, Any], current: TrainConfig) -> lis
     }
     now = current.model_dump(mode="json")
     # a key newer than the snapshot takes its default for the pending run (what it ran with)
-    then = TrainConfig.model_validate(run_train).model_dump(mode="json")
+    then = snapshot_train_config(run_train).model_dump(mode="json")
     return [
         f"{k}: run {then.get(k)!r}, config {v!r}"
         for k, v in now.items()

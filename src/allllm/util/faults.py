@@ -7,7 +7,7 @@ there as a full disk does (``OSError(ENOSPC)``). Points that corrupt values
 instead of stopping the process take ``nan`` (the n-th pass only) or
 ``nan-every`` (every pass from the n-th on): ``ALLLLM_FAULT=train.grad:3:nan``
 turns the gradients of the 3rd optimizer step of this process into NaN
-(:func:`inject_nan`). The suite uses it to prove
+(:func:`inject_nan`); ``ALLLLM_FAULT_RANK=<k>`` limits that to torchrun rank k. The suite uses it to prove
 that no crash point loses data, trains a shard twice or leaves a half-written
 file that a later run would trust. Without the variable a fault point costs
 one environment lookup.
@@ -54,6 +54,9 @@ def inject_nan(name: str) -> bool:
     target = _target()
     if target is None or target[0] != name or target[2] not in ("nan", "nan-every"):
         return False
+    only = os.environ.get("ALLLLM_FAULT_RANK")
+    if only and only != os.environ.get("RANK", "0"):
+        return False  # one rank's gradients only: the skip must still be decided together
     _counts[name] = _counts.get(name, 0) + 1
     due = _counts[name] == target[1] if target[2] == "nan" else _counts[name] >= target[1]
     return due

@@ -168,6 +168,11 @@ def _totals_table(summary: TokenizeSummary, width: int) -> Table:
         ("shards written", f"{len(summary.shards):,}"),
         ("up to date", f"{len(summary.up_to_date):,}"),
         ("superseded", f"{len(summary.superseded):,}"),
+    ]
+    # --force only: rebuilds identical to an intact shard (discarded) / repairing a broken one
+    figures += [(k, f"{len(v):,}") for k, v in (("unchanged", summary.unchanged),
+                                                ("replaced", summary.replaced)) if v]  # fmt: skip
+    figures += [
         ("time", f"{summary.seconds:.1f} s"),
         ("MB/s", f"{summary.mb_per_s:.1f}" if summary.mb_per_s else "-"),
     ]
@@ -189,3 +194,8 @@ def render_summary(summary: TokenizeSummary, console: Console) -> None:
         console.print(f"removed what {len(summary.cleaned)} interrupted shard(s) left behind")
     if not summary.shards and summary.up_to_date:
         console.print("everything is up to date: no new text since the last tokenize")
+    elif not summary.shards and summary.unchanged:
+        console.print(
+            f"--force rebuilt {len(summary.unchanged):,} shard(s) identical to intact ones: "
+            "kept the existing shards, nothing new"
+        )

@@ -38,6 +38,8 @@ def _is_usage_error(exc: BaseException) -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; exits with the codes of docs/design.md, exit codes."""
+    import allllm.util.atomic  # noqa: F401 - reads the umask once, before any thread starts
+
     try:
         _main(argv)
         code: int = 0

@@ -3,7 +3,8 @@
 Hub ids are fetched with ``huggingface_hub.snapshot_download`` (safetensors
 first, ``.bin`` only when a repository has nothing else); every way that can
 fail — offline, gated, private, a wrong revision — is one line that says what
-to do.
+to do. The Hub is asked once first (``allllm.util.hub``): when it cannot be
+reached the download is made from the HF cache only, with no network retries.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from allllm.errors import CheckpointError
+from allllm.util import hub
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?(@[\w./-]+)?$")
 # What a hub download fetches: the config and HF's weight file names (model-0000x-of-0000y too).
@@ -55,19 +57,30 @@ def _download(hub_id: str) -> Path:
 
     repo_id, _, revision = hub_id.partition("@")
     offline_hint = (
-        "not a local directory, and the Hugging Face hub cannot be reached for it — download it "
-        f"where there is internet (`hf download {repo_id} --local-dir DIR`) and set "
-        "model.init_from to DIR"
+        f"not a local directory, and the Hugging Face hub ({hub.endpoint()}) cannot be reached "
+        f"for it nor does the HF cache ({hub.cache_dir()}) hold it — download it where there is "
+        f"internet (`hf download {repo_id} --local-dir DIR`) and set model.init_from to DIR (or "
+        "pre-fill the HF cache there and point HF_HOME at it here)"
     )
+    # unreachable: the HF cache only, at once (the library would retry for minutes first)
+    local = not hub.hub_reachable(repo_id, "config.json", revision or None)
     try:
         folder = Path(
             snapshot_download(
-                repo_id, revision=revision or None, allow_patterns=SAFETENSORS_PATTERNS
+                repo_id,
+                revision=revision or None,
+                allow_patterns=SAFETENSORS_PATTERNS,
+                local_files_only=local,
             )
         )
         if not any(folder.glob("model*.safetensors")):
             folder = Path(
-                snapshot_download(repo_id, revision=revision or None, allow_patterns=BIN_PATTERNS)
+                snapshot_download(
+                    repo_id,
+                    revision=revision or None,
+                    allow_patterns=BIN_PATTERNS,
+                    local_files_only=local,
+                )
             )
     except GatedRepoError:
         raise CheckpointError(
@@ -81,7 +94,8 @@ def _download(hub_id: str) -> Path:
     except RevisionNotFoundError:
         raise CheckpointError(f"{hub_id}: no such revision {revision!r}") from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as exc:
-        raise CheckpointError(f"{hub_id}: {offline_hint} ({type(exc).__name__})") from None
+        cause = "" if local else f" ({type(exc).__name__})"
+        raise CheckpointError(f"{hub_id}: {offline_hint}{cause}") from None
     if not (folder / "config.json").is_file():
         raise CheckpointError(f"{hub_id}: the repository has no config.json")
     return folder

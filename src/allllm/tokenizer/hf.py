@@ -22,13 +22,15 @@ from allllm.errors import TokenizerError
 from allllm.tokenizer._shared import WELL_KNOWN, fingerprint_of, first_present, override_id
 from allllm.tokenizer.base import CutRule, TokenizerBackend
 from allllm.tokenizer.cutting import hf_cut_rule
+from allllm.util import hub
 
 # owner/name (or a bare name) as the Hub spells repository ids
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
-_LOCAL_HINT = (
-    "download the tokenizer files (tokenizer.json, tokenizer_config.json) where there is "
-    "network and set tokenizer.path to that local folder or tokenizer.json"
+# the Hub answered but the load failed (a wrong id, a private or gated repository, ...)
+_HUB_HINT = (
+    "check the Hub id (`hf auth login` for a private or gated repository), or set "
+    "tokenizer.path to a local tokenizer folder or tokenizer.json"
 )
 
 # tokenizer.json sections that never change the ids of encode(add_special_tokens=False):
@@ -96,23 +98,39 @@ def _auto_tokenizer(source: str, trust_remote_code: bool, local_files_only: bool
     )
 
 
+def _not_fetched(source: str) -> TokenizerError:
+    """The one line for a Hub tokenizer that is neither reachable nor in the HF cache."""
+    return TokenizerError(
+        f"cannot load Hugging Face tokenizer {source!r}: it could not be fetched, the Hub "
+        f"({hub.endpoint()}) cannot be reached and the HF cache ({hub.cache_dir()}) does not "
+        "hold it",
+        f"set tokenizer.path to a local copy (where there is network: `hf download {source} "
+        "tokenizer.json tokenizer_config.json --local-dir DIR`, then tokenizer.path=DIR), or "
+        "pre-fill the HF cache there and point HF_HOME at it here",
+    )
+
+
 def _load_auto(source: str, trust_remote_code: bool, local: bool) -> tuple[Any, dict[str, Any]]:
-    """A folder, or a Hub id: from the HF cache when it is there (no network, no retries)."""
+    """A folder, or a Hub id: from the HF cache when it is there (no network), else the Hub —
+    asked once first (``allllm.util.hub``) so that offline fails at once, not after retries."""
     tok = None
     if not local:
         try:
             tok = _auto_tokenizer(source, trust_remote_code, local_files_only=True)
-        except Exception:  # not (completely) in the HF cache: ask the Hub below
-            tok = None
+        except Exception as exc:
+            if _needs_remote_code(exc, trust_remote_code):  # cached; the Hub would say the same
+                raise _cannot_load(source, exc, local, trust_remote_code) from None
+            tok = None  # not (completely) in the HF cache: ask the Hub below
+        if tok is None and not hub.hub_reachable(source, "tokenizer_config.json"):
+            raise _not_fetched(source)
     if tok is None:
         try:
             tok = _auto_tokenizer(source, trust_remote_code, local_files_only=local)
         except Exception as exc:  # hub, network, cache and remote-code failures: cannot load
-            raise TokenizerError(
-                f"cannot load {'the tokenizer folder' if local else 'Hugging Face tokenizer'} "
-                f"{source!r}: {_first_line(exc)}",
-                _load_hint(exc, local, trust_remote_code),
-            ) from None
+            if not local and hub.is_connection_error(exc):  # the network went during the load
+                hub.note_unreachable()
+                raise _not_fetched(source) from None
+            raise _cannot_load(source, exc, local, trust_remote_code) from None
     backend = getattr(tok, "backend_tokenizer", None) if getattr(tok, "is_fast", False) else None
     if backend is None:
         raise TokenizerError(
@@ -123,14 +141,27 @@ def _load_auto(source: str, trust_remote_code: bool, local: bool) -> tuple[Any, 
     return backend, {k: _token_content(v) for k, v in specials.items()}
 
 
-def _load_hint(exc: Exception, local: bool, trust_remote_code: bool) -> str:
-    if not trust_remote_code and "trust_remote_code" in str(exc):
-        return (
+def _needs_remote_code(exc: Exception, trust_remote_code: bool) -> bool:
+    return not trust_remote_code and "trust_remote_code" in str(exc)
+
+
+def _cannot_load(
+    source: str, exc: Exception, local: bool, trust_remote_code: bool
+) -> TokenizerError:
+    """The one line for a tokenizer transformers could not load (the Hub answered, if asked)."""
+    if _needs_remote_code(exc, trust_remote_code):
+        hint = (
             "this tokenizer runs custom code: set tokenizer.trust_remote_code=true if you trust it"
         )
-    if local:
-        return "check that the folder holds tokenizer.json or tokenizer files transformers can load"
-    return f"{_LOCAL_HINT} (HF_HUB_OFFLINE=1 fails fast instead of retrying without network)"
+    elif local:
+        hint = "check that the folder holds tokenizer.json or tokenizer files transformers can load"
+    else:
+        hint = _HUB_HINT
+    return TokenizerError(
+        f"cannot load {'the tokenizer folder' if local else 'Hugging Face tokenizer'} "
+        f"{source!r}: {_first_line(exc)}",
+        hint,
+    )
 
 
 def load_hf_tokenizer(cfg: TokenizerConfig) -> tuple[Any, dict[str, str | None]]:

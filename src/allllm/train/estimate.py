@@ -86,8 +86,16 @@ def estimate_run(
     }
 
 
-def dry_run_report(session: Session, start: StartPoint, ident: TokenizerIdentity) -> dict[str, Any]:
-    """What ``train`` would do: the pending run, the new run, and their measured estimate."""
+def dry_run_report(
+    session: Session,
+    start: StartPoint,
+    ident: TokenizerIdentity,
+    planned: RunPlan | None = None,
+) -> dict[str, Any]:
+    """What ``train`` would do: the pending run, the new run, and their measured estimate.
+
+    ``planned``: the new run, when the session planned it already (no pending run).
+    """
     from allllm.train.distributed import run_on_rank0
     from allllm.train.optim import hyperparam_changes
     from allllm.train.run_data import open_plan_data
@@ -99,7 +107,9 @@ def dry_run_report(session: Session, start: StartPoint, ident: TokenizerIdentity
     if pending is not None:
         report["pending"] = pending.to_dict()
     exclude = set(pending.shard_ids) if pending else None
-    new_plan = run_on_rank0(session.info, lambda: session._plan_new(ident, state.step, exclude))
+    new_plan = planned or run_on_rank0(
+        session.info, lambda: session._plan_new(ident, state.step, exclude)
+    )
     if new_plan is not None:
         report["new"] = new_plan.to_dict()
         if session.loaded_optimizer:

@@ -139,10 +139,14 @@ class Session:
             # before anything can return: the dropped run's leftovers must not stay "latest"
             set_aside(start.abandoned, self.reporter)
         early_plan = None
-        if start.pending is None and not opts.dry_run:
+        if start.pending is None:
             # decide before any model is built: "nothing to train" must not load 3B weights
+            # (nor build and initialise them for a dry run that has nothing to estimate)
             early_plan = run_on_rank0(info, lambda: self._plan_new(ident, self.state.step))
             if early_plan is None:
+                if opts.dry_run:
+                    self.result.status = "dry-run"
+                    self.result.plan = {"pending": None, "new": None, "step": self.state.step}
                 return self._finish()
         model = self._build_model(start)
         # before the optimizer exists: FSDP2 replaces the parameters with sharded ones
@@ -194,7 +198,7 @@ class Session:
                 from allllm.train.estimate import dry_run_report
 
                 self.result.status = "dry-run"
-                self.result.plan = dry_run_report(self, start, ident)
+                self.result.plan = dry_run_report(self, start, ident, early_plan)
                 return self._finish()
             if start.pending is not None:
                 snapshot = self.state.config["train"]

@@ -276,8 +276,8 @@ def _first_half(demo: _Demo, directory: Path, rerun: bool) -> None:
         "Train on what is new",
         f"allllm train --model {MODEL} --only-new",
         "Trains on the shards this model has not seen — all of them, the first time — and saves "
-        "checkpoints; a crash or Ctrl-C resumes exactly where it stopped. About 1.5 minutes on a "
-        "laptop CPU.",
+        "checkpoints; a crash or Ctrl-C resumes exactly where it stopped. About 2 minutes on a "
+        "2-core CPU.",
     )
     run = demo.train()
     ui.say(

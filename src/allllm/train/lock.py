@@ -8,7 +8,6 @@ run. flock is not reliable on NFS; the README says so.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import socket
@@ -17,35 +16,24 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from allllm.errors import LockError
+from allllm.util.flock import exclusive_flock
 
 
 @contextlib.contextmanager
 def checkpoint_dir_lock(checkpoint_dir: Path) -> Iterator[None]:
     """Hold the directory's lock for the block; a second holder gets a clear LockError."""
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    path = checkpoint_dir / "lock"
-    fh = path.open("a+")
-    try:
+
+    def refused(holder: str) -> LockError:
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.seek(0)
-            holder = fh.read().strip()
-            try:
-                info = json.loads(holder)
-                who = f" (pid {info.get('pid')} on {info.get('host')})"
-            except ValueError:
-                who = ""
-            raise LockError(
-                f"another `allllm train` is using {checkpoint_dir}{who}",
-                "wait for it to finish, or stop it (it saves a checkpoint on Ctrl-C / SIGTERM)",
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(
-            json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
+            info = json.loads(holder)
+            who = f" (pid {info.get('pid')} on {info.get('host')})"
+        except (ValueError, AttributeError):
+            who = ""
+        return LockError(
+            f"another `allllm train` is using {checkpoint_dir}{who}",
+            "wait for it to finish, or stop it (it saves a checkpoint on Ctrl-C / SIGTERM)",
         )
-        fh.flush()
+
+    me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
+    with exclusive_flock(checkpoint_dir / "lock", me, refused):
         yield
-    finally:
-        fh.close()

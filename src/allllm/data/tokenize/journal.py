@@ -20,7 +20,6 @@ in a process that does not hold it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -38,6 +37,7 @@ from allllm.data.shard_format import (
 from allllm.errors import DataError
 from allllm.util.atomic import atomic_writer, fsync_dir
 from allllm.util.faults import fault_point
+from allllm.util.flock import exclusive_flock
 
 # the temporary ``atomic_writer`` makes for an entry: ``.<entry name>.`` + mkstemp's 8 random
 # characters (lowercase letters, digits, ``_``) + ``.tmp``
@@ -140,27 +140,17 @@ def _lock_key(data_dir: Path) -> str:
 @contextlib.contextmanager
 def tokenize_lock(data_dir: Path) -> Iterator[None]:
     """Hold the data dir's tokenize lock; a second tokenize on the same dir is refused."""
-    state = data_dir / STATE_DIR
-    state.mkdir(parents=True, exist_ok=True)
-    path = state / "tokenize.lock"
-    fh = path.open("a+")
-    try:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DataError(
-                f"another `allllm tokenize` is writing to {data_dir}",
-                "wait for it to finish (the lock is released when it exits)",
-            ) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(str(os.getpid()))
-        fh.flush()
+
+    def refused(_holder: str) -> DataError:
+        return DataError(
+            f"another `allllm tokenize` is writing to {data_dir}",
+            "wait for it to finish (the lock is released when it exits)",
+        )
+
+    with exclusive_flock(data_dir / STATE_DIR / "tokenize.lock", str(os.getpid()), refused):
         key = _lock_key(data_dir)
         _held.add(key)
         try:
             yield
         finally:
             _held.discard(key)
-    finally:
-        fh.close()

@@ -48,16 +48,22 @@ def _pin_splits(data: dict[str, Any], *, legacy_split: Split | None = None) -> d
     """
     if legacy_split is None:  # a caller's bug, never a broken file: not a DataError
         raise ValueError("version-1 seen records are read only with a legacy_split")
-    seed, fraction = legacy_split
     shards = data.get("shards")
     if isinstance(shards, dict):
-        data["shards"] = {
-            sid: {"val_seed": seed, "val_fraction": fraction, **rec}
-            if isinstance(rec, dict)
-            else rec
-            for sid, rec in shards.items()
-        }
+        data["shards"] = records_with_split(shards, legacy_split)
     return data
+
+
+def records_with_split(records: dict[str, Any], split: Split) -> dict[str, Any]:
+    """Version-1 records (JSON objects) given ``split`` where they have none (for migrations).
+
+    Anything that is not an object is left for validation to refuse.
+    """
+    seed, fraction = split
+    return {
+        sid: {"val_seed": seed, "val_fraction": fraction, **rec} if isinstance(rec, dict) else rec
+        for sid, rec in records.items()
+    }
 
 
 #: seen_datasets.json: version 2 added each shard's validation split (val_seed, val_fraction)

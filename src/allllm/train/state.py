@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from allllm.data.seen import records_with_split
 from allllm.errors import CheckpointError, DataError
 from allllm.train.run_plan import RunPlan
 from allllm.util.versions import FileFormat
@@ -59,12 +60,7 @@ def _pin_seen_splits(data: dict[str, Any]) -> dict[str, Any]:
     if isinstance(seen, dict) and seen:
         if split is None:
             raise CheckpointError("version-1 trainer state without a config snapshot or run")
-        data["seen"] = {
-            sid: {"val_seed": split[0], "val_fraction": split[1], **rec}
-            if isinstance(rec, dict)
-            else rec
-            for sid, rec in seen.items()
-        }
+        data["seen"] = records_with_split(seen, split)
     return data
 
 

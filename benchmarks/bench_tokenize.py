@@ -219,8 +219,9 @@ def print_result(r: dict[str, Any]) -> None:
         f"baseline {base_cores:.2f}, pipeline {pipe_cores:.2f}"
     )
     wall = r["wall"]
-    print("  where the pipeline's time goes (encode/convert run on the encoder thread,")
-    print("  overlapping the main thread's stages; wait = main thread idle):")
+    print("  where the pipeline's time goes (encode/convert run on the encoder thread and docs,")
+    print("  the per-document digests, on its own, overlapping the main thread's stages;")
+    print("  wait = main thread idle):")
     for stage in TIMING_STAGES:
         seconds = r["timings"].get(stage, 0.0)
         print(f"    {stage:<8} {seconds:7.3f} s  {seconds / wall:6.1%} of wall")

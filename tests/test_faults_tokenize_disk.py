@@ -48,7 +48,14 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "fault", ["tokenize.journal:2", "tokenize.rows:5", "tokenize.renamed:2", "tokenize.meta:1"]
+    "fault",
+    [
+        "tokenize.journal:2",
+        "tokenize.rows:5",
+        "tokenize.renamed:2",
+        "tokenize.docs:2",
+        "tokenize.meta:1",
+    ],
 )
 def test_tokenize_killed_then_rerun_equals_uninterrupted(
     tmp_path: Path, reference: set[str], fault: str

@@ -4,7 +4,8 @@ Kill points come from a seeded random list (``ALLLLM_FAULT=<point>:<n>`` makes t
 process SIGKILL itself the n-th time it passes a named point; see allllm/util/faults.py).
 After every kill the real CLI is run again. At the end: weights bitwise equal to the
 uninterrupted reference, every shard recorded exactly once with the reference's step,
-one runs.jsonl line per run, and every checkpoint on disk complete and loadable.
+one runs.jsonl line per run, every checkpoint on disk complete and loadable, and the
+document ledger the reference's (every listed segment whole, no unlisted one left).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from allllm.train.checkpoint import check_files, list_checkpoints
+from allllm.data.ledger import SegmentRef, check_segments
+from allllm.train.checkpoint import check_files, latest_checkpoint, list_checkpoints
 from train_helpers import add_raw, cli, make_workspace, same_weights, seen, weights
 
 pytestmark = pytest.mark.slow
@@ -29,6 +31,8 @@ MID_RUN = [  # points passed while a run is in progress, with the pass at which 
     ("checkpoint.rotate", range(1, 2)),
 ]
 END_OF_RUN = ["train.before_seen:1", "train.before_runs:1"]  # after the final checkpoint
+# the run's document-ledger segment is written, the checkpoint that lists it is not
+LEDGER = "ledger.segment:1"
 
 
 def fault_plan(seed: int, mid_run: int) -> list[str]:
@@ -43,7 +47,7 @@ def fault_plan(seed: int, mid_run: int) -> list[str]:
         point, nths = MID_RUN[i] if i < len(MID_RUN) else rng.choice(MID_RUN)
         plan.append(f"{point}:{rng.choice(nths)}")
     rng.shuffle(plan)
-    return [*plan, END_OF_RUN[seed % 2]]
+    return [*plan, LEDGER, END_OF_RUN[seed % 2]]
 
 
 def _train_until_done(root: Path, faults: list[str], log: list[str]) -> None:
@@ -70,6 +74,15 @@ def _check_no_broken_checkpoint_is_used(root: Path) -> None:
     for ref in list_checkpoints(root / "checkpoints/micro"):
         if ref.complete:
             assert check_files(ref) is None, f"{ref.path.name} is marked complete but broken"
+            # every segment of the document ledger a checkpoint lists is there, whole
+            refs = [SegmentRef.from_dict(r, "test") for r in ref.read_state().ledger or []]
+            assert not check_segments(root / "checkpoints/micro/ledger", refs, full=True)
+
+
+def _ledger_names(root: Path) -> set[str]:
+    ref = latest_checkpoint(root / "checkpoints/micro")
+    assert ref is not None
+    return {s["name"] for s in ref.read_state().ledger or []}
 
 
 def _scenario(root: Path, faults_1: list[str], faults_2: list[str], log: list[str]) -> None:
@@ -105,3 +118,12 @@ def test_sigkill_at_many_points(tmp_path: Path, reference: Path) -> None:
     shard_runs = [s for r in runs for s in r["shards"]]
     assert len(shard_runs) == len(set(shard_runs))
     _check_no_broken_checkpoint_is_used(root)
+    # the same ledger as the uninterrupted run (content-addressed segments), nothing unlisted
+    assert _ledger_names(root) == _ledger_names(reference)
+    on_disk = {p.name for p in (root / "checkpoints/micro/ledger").glob("seg-*")}
+    assert on_disk == {
+        s["name"]
+        for r in list_checkpoints(root / "checkpoints/micro")
+        if r.complete
+        for s in r.read_state().ledger or []
+    }

@@ -127,6 +127,7 @@ def test_config_input_and_bin_options(workspace: Path, capsys: pytest.CaptureFix
     assert code == 0
     (stem,) = shard_stems(Path("shards"))
     assert sorted(p.name for p in Path("shards").glob(stem + ".*")) == [
+        f"{stem}.docs",
         f"{stem}.jsonl",
         f"{stem}.meta.json",
     ]

@@ -227,6 +227,15 @@ def status_cmd(
         bool,
         typer.Option("--trust-unverified", help="Validate shards without meta by reading them."),
     ] = False,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source",
+            metavar="PATH",
+            help="Which run and step trained the documents of this raw file, and which are "
+            "not trained yet.",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List the shards of data.dir: new, seen (at which step), invalid (why), ...
@@ -234,9 +243,18 @@ def status_cmd(
     Example: allllm status --model tiny --json
     """
     from allllm.config import load_config
-    from allllm.use.status import build_status
+    from allllm.use.status import build_provenance, build_status
 
     cfg = load_config(model, config)
+    if source is not None:
+        found = build_provenance(cfg, source, checkpoint=_checkpoint_summary(cfg))
+        if as_json:
+            print_json(found)
+            return
+        from allllm.cli.views.status import render_provenance
+
+        render_provenance(found, make_console())
+        return
     report = build_status(
         cfg, verify=verify, trust_unverified=trust_unverified, checkpoint=_checkpoint_summary(cfg)
     )

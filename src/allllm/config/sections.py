@@ -207,6 +207,8 @@ class DataConfig(_Strict):
     pack_below_bytes: int = Field(default=1_000_000, ge=0)
     val_fraction: float = Field(default=0.01, ge=0.0, le=0.5)
     eval_shards: str | None = None
+    # exact duplicate documents inside one run train once (row_filter.py; docs/design.md)
+    dedup: bool = True
 
     @field_validator("formats")
     @classmethod

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from allllm.data.seen import SeenRecord
-from allllm.data.shard_format import ShardMeta, file_sha256
+from allllm.data.shard_format import DOCS_SUFFIX, ShardMeta, file_sha256
 from allllm.errors import DataError
 
 if TYPE_CHECKING:
@@ -201,15 +201,24 @@ class ScanResult:
 
 
 def digest_problem(entry: ShardEntry, data_dir: Path) -> str | None:
-    """Compare each data file's sha256 with meta (reads the whole files)."""
+    """Compare each data file's sha256, and the ``.docs`` sidecar's, with meta (reads the
+    whole files)."""
     if entry.meta is None:
         return None
-    for role, info in entry.meta.files.items():
-        path = data_dir / entry.files.get(role, info.name)
+    listed = [
+        (data_dir / entry.files.get(role, info.name), info.sha256)
+        for role, info in entry.meta.files.items()
+    ]
+    docs = entry.meta.documents
+    if docs is not None:
+        listed.append((data_dir / f"{entry.name}{DOCS_SUFFIX}", docs.sha256))
+    for path, sha256 in listed:
         try:
             digest = file_sha256(path)
+        except FileNotFoundError:
+            return f"file listed in meta missing: {path.name}"
         except OSError as exc:
             return f"cannot read {path.name}: {exc.strerror or exc}"
-        if digest != info.sha256:
+        if digest != sha256:
             return f"digest mismatch: {path.name} does not match the sha256 in meta (file changed)"
     return None

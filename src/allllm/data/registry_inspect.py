@@ -16,10 +16,12 @@ import os
 from pathlib import Path
 
 from allllm.data import legacy
+from allllm.data.documents import DOC_DTYPE, HEADER_SIZE
 from allllm.data.registry_entries import ScanSpec, ShardEntry, TokenizerIdentity, digest_problem
 from allllm.data.seen import SHARD_ID_RE
 from allllm.data.shard_format import (
     DATA_SUFFIXES,
+    DOCS_SUFFIX,
     FORMAT_VERSION,
     ShardMeta,
     parse_shard_name,
@@ -48,6 +50,37 @@ def _meta_problem(meta: ShardMeta) -> str | None:
             f"files.bin.size {meta.files['bin'].size} != n_rows*seq_len*itemsize "
             f"{meta.expected_bin_size()}"
         )
+    return None
+
+
+def _documents_problem(meta: ShardMeta, stem: str) -> str | None:
+    """Meta ``documents`` contradicting the shard: another file name, or another count."""
+    docs = meta.documents
+    if docs is None:
+        return None
+    if docs.name != f"{stem}{DOCS_SUFFIX}":
+        return f"documents.name {docs.name!r} is not {stem}{DOCS_SUFFIX}"
+    if docs.size != HEADER_SIZE + docs.count * DOC_DTYPE.itemsize:
+        return f"documents.size {docs.size} does not hold documents.count {docs.count} records"
+    if docs.count != meta.n_documents:
+        return f"documents.count {docs.count} != n_documents {meta.n_documents}"
+    return None
+
+
+def _sidecar_problem(meta: ShardMeta, stem: str, data_dir: Path) -> str | None:
+    """The ``.docs`` meta names is missing or of another size (one stat, as for data files)."""
+    docs = meta.documents
+    if docs is None:
+        return None
+    try:
+        size = (data_dir / f"{stem}{DOCS_SUFFIX}").stat().st_size
+    except FileNotFoundError:
+        return f"file listed in meta missing: {stem}{DOCS_SUFFIX}"
+    except OSError as exc:
+        return f"cannot read {stem}{DOCS_SUFFIX}: {exc.strerror or exc}"
+    if size != docs.size:
+        what = "truncated" if size < docs.size else "size mismatch"
+        return f"{what}: {stem}{DOCS_SUFFIX} is {size} bytes, meta says {docs.size}"
     return None
 
 
@@ -116,7 +149,7 @@ def _inspect_meta_shard(
             entry.unlisted.append(found[role][0])
             entry.files.pop(role)
             entry.sizes.pop(role)
-    problem = _meta_problem(meta)
+    problem = _meta_problem(meta) or _documents_problem(meta, entry.name)
     if problem:
         entry.state, entry.reason = "invalid", f"meta self-inconsistent: {problem}"
         return
@@ -131,6 +164,10 @@ def _inspect_meta_shard(
             entry.state = "invalid"
             entry.reason = f"{what}: {found[role][0]} is {size} bytes, meta says {info.size}"
             return
+    problem = _sidecar_problem(meta, entry.name, data_dir)
+    if problem:
+        entry.state, entry.reason = "invalid", problem
+        return
     if meta.seq_len != spec.seq_len:
         entry.state = "invalid"
         entry.reason = f"seq_len mismatch: shard has {meta.seq_len}, the config {spec.seq_len}"

@@ -66,14 +66,23 @@ def records_with_split(records: dict[str, Any], split: Split) -> dict[str, Any]:
     }
 
 
-#: seen_datasets.json: version 2 added each shard's validation split (val_seed, val_fraction)
-SEEN_FORMAT = FileFormat("seen records", current=2, migrations={1: _pin_splits})
+def _add_row_filters(data: dict[str, Any], **_context: Any) -> dict[str, Any]:
+    """Version 2 → 3: records gain the optional edit-aware row counts; absent means none."""
+    return data
+
+
+#: seen_datasets.json: version 2 added each shard's validation split (val_seed, val_fraction);
+#: version 3 the rows the document ledger kept from training or validation (row filters)
+SEEN_FORMAT = FileFormat(
+    "seen records", current=3, migrations={1: _pin_splits, 2: _add_row_filters}
+)
 SEEN_FORMAT_VERSION = SEEN_FORMAT.current
 SHARD_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 
 _log = logging.getLogger("allllm")
 
 ShardId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+RowRange = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=2)]
 Warn = Callable[[str], None]
 
 
@@ -94,10 +103,39 @@ class SeenRecord(BaseModel):
     # validation rows stay held out whatever train.seed / data.val_fraction say later
     val_seed: int
     val_fraction: float = Field(ge=0.0, lt=1.0)
+    # the rows the document ledger kept out when the shard was first planned (row_filter.py):
+    # training rows of the split that did not train, validation rows not used, and why
+    not_trained: list[RowRange] = Field(default_factory=list)
+    val_dropped: list[RowRange] = Field(default_factory=list)
+    skipped_rows: int = Field(default=0, ge=0)
+    skipped_tokens: int = Field(default=0, ge=0)
+    held_out_rows: int = Field(default=0, ge=0)
+    dedup_rows: int = Field(default=0, ge=0)
 
     @property
     def split(self) -> Split:
         return self.val_seed, self.val_fraction
+
+    @property
+    def row_filter(self) -> dict[str, Any]:
+        """The stored row filter (``RowFilter.from_dict`` reads it)."""
+        return {
+            "not_trained": self.not_trained,
+            "val_dropped": self.val_dropped,
+            "skipped_rows": self.skipped_rows,
+            "skipped_tokens": self.skipped_tokens,
+            "held_out_rows": self.held_out_rows,
+            "dedup_rows": self.dedup_rows,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as stored: the optional row-filter fields only when they say something."""
+        out = self.model_dump(mode="json")
+        for key in ("not_trained", "val_dropped", "skipped_rows", "skipped_tokens",
+                    "held_out_rows", "dedup_rows"):  # fmt: skip
+            if not out[key]:
+                del out[key]
+        return out
 
 
 class _SeenFile(BaseModel):
@@ -151,7 +189,7 @@ class SeenMap:
         ordered = sorted(self._records.items(), key=lambda kv: (kv[1].step, kv[1].completed, kv[0]))
         return {
             "format_version": SEEN_FORMAT_VERSION,
-            "shards": {sid: rec.model_dump(mode="json") for sid, rec in ordered},
+            "shards": {sid: rec.to_json() for sid, rec in ordered},
         }
 
     @classmethod

@@ -9,6 +9,10 @@ A shard is the files sharing one stem ``<source>.cached.<seq_len>.<ts>[.<k>]``:
 - ``<stem>.jsonl``     one JSON array of ints a line (one row a line)
 - ``<stem>.bin``       the rows as a raw little-endian uint16/uint32 array, no header,
                        the final row padded to ``seq_len`` with ``pad_id``
+- ``<stem>.docs``      one record per document (digest, token span, source): the
+                       sidecar of ``allllm.data.documents``, named by meta ``documents``
+                       (not by meta ``files``: an older allllm takes unknown file roles for a
+                       broken shard, while it ignores the unknown ``documents`` key)
 - ``<stem>.meta.json`` written last; without it a shard is ``unverified``
 """
 
@@ -37,6 +41,7 @@ META_FORMAT = FileFormat("shard meta", current=1)
 FORMAT_VERSION = META_FORMAT.current
 META_SUFFIX = ".meta.json"
 DATA_SUFFIXES = {"jsonl": ".jsonl", "bin": ".bin"}
+DOCS_SUFFIX = ".docs"  # the per-document sidecar (allllm.data.documents); not a data file
 STATE_DIR = ".allllm"  # data/.allllm: journal and caches, never user data
 INFLIGHT_DIR = f"{STATE_DIR}/inflight"  # one file per stem being written (the journal)
 CACHE_DIR = f"{STATE_DIR}/cache"  # e.g. line-offset indexes of .jsonl shards
@@ -75,8 +80,9 @@ def shard_stem(source_stem: str, seq_len: int, timestamp: str) -> str:
 
 
 def stem_taken(data_dir: Path, stem: str) -> bool:
-    """True if any file of ``stem`` exists (data, meta, or a temporary of the writer)."""
-    if any((data_dir / f"{stem}{s}").exists() for s in (*DATA_SUFFIXES.values(), META_SUFFIX)):
+    """True if any file of ``stem`` exists (data, sidecar, meta, or a temporary of the writer)."""
+    suffixes = (*DATA_SUFFIXES.values(), DOCS_SUFFIX, META_SUFFIX)
+    if any((data_dir / f"{stem}{s}").exists() for s in suffixes):
         return True
     return (data_dir / INFLIGHT_DIR / stem).exists()
 
@@ -93,8 +99,13 @@ def unique_stem(data_dir: Path, source_stem: str, seq_len: int, timestamp: str) 
 
 
 def shard_file(data_dir: Path, stem: str, role: str) -> Path:
-    """The path of one role (``jsonl``, ``bin``, ``meta``) of a shard."""
-    suffix = META_SUFFIX if role == "meta" else DATA_SUFFIXES[role]
+    """The path of one role (``jsonl``, ``bin``, ``docs``, ``meta``) of a shard."""
+    if role == "meta":
+        suffix = META_SUFFIX
+    elif role == "docs":
+        suffix = DOCS_SUFFIX
+    else:
+        suffix = DATA_SUFFIXES[role]
     return data_dir / f"{stem}{suffix}"
 
 
@@ -190,6 +201,17 @@ class FileInfo(_MetaModel):
     size: int = Field(ge=0)
 
 
+class DocumentsInfo(_MetaModel):
+    """Meta ``documents``: the shard's sidecar ``<stem>.docs`` (``allllm.data.documents``)."""
+
+    name: str
+    sha256: str
+    size: int = Field(ge=0)
+    count: int = Field(ge=0)
+    digest: str  # how each document's ids are digested (documents.DIGEST_ALGORITHM)
+    format_version: int = 1
+
+
 class ShardMeta(_MetaModel):
     """``<stem>.meta.json``: every field of docs/design.md's shards section plus the tokenize settings."""
 
@@ -215,6 +237,9 @@ class ShardMeta(_MetaModel):
     # shard_ids this shard replaces (their source changed other than by appending): they become
     # `superseded` and are never trained unless already seen.
     supersedes: list[str] = Field(default_factory=list)
+    # the per-document sidecar; None for shards written before it existed (their documents
+    # are split from the token stream where BOS/EOS mark them)
+    documents: DocumentsInfo | None = None
 
     def settings_mismatch(
         self, *, add_bos: bool, add_eos: bool, document_boundary: str, text_field: str

@@ -336,4 +336,5 @@ def checkpoint_summary(directory: Path, warn: Warn | None = None) -> dict[str, A
         # not shown: the splits status counts with (version-1 seen records, the pending run)
         "legacy_split": state.split_for_legacy_records(),
         "pending_splits": splits,
+        "ledger": state.ledger,  # its document ledger's segments (None: not built yet)
     }

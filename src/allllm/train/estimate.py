@@ -105,13 +105,13 @@ def dry_run_report(
     report: dict[str, Any] = {"pending": None, "new": None, "step": state.step}
     pending = start.pending
     if pending is not None:
-        report["pending"] = pending.to_dict()
+        report["pending"] = {**pending.to_dict(), **pending.filter_counts()}
     exclude = set(pending.shard_ids) if pending else None
     new_plan = planned or run_on_rank0(
         session.info, lambda: session._plan_new(ident, state.step, exclude)
     )
     if new_plan is not None:
-        report["new"] = new_plan.to_dict()
+        report["new"] = {**new_plan.to_dict(), **new_plan.filter_counts()}
         if session.loaded_optimizer:
             report["optimizer_changes"] = hyperparam_changes(ctx.optimizer, session.cfg.train)
     target = pending or new_plan

@@ -15,7 +15,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from allllm.errors import LockError
+from allllm.errors import AllllmError, LockError
+from allllm.train.distributed import DistInfo, broadcast_object
 from allllm.util.flock import exclusive_flock
 
 
@@ -36,4 +37,20 @@ def checkpoint_dir_lock(checkpoint_dir: Path) -> Iterator[None]:
 
     me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()})
     with exclusive_flock(checkpoint_dir / "lock", me, refused):
+        yield
+
+
+@contextlib.contextmanager
+def rank0_lock(path: Path, info: DistInfo) -> Iterator[None]:
+    """Rank 0 holds the checkpoint-dir lock; a refusal is raised on every rank."""
+    with contextlib.ExitStack() as stack:
+        error: AllllmError | None = None
+        if info.is_main:
+            try:
+                stack.enter_context(checkpoint_dir_lock(path))
+            except AllllmError as exc:
+                error = exc
+        error = broadcast_object(error, info)
+        if error is not None:
+            raise error
         yield

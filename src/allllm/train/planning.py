@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,13 +18,28 @@ import numpy as np
 
 from allllm.config import Config
 from allllm.data.registry import ScanResult, ScanSpec, ShardEntry, TokenizerIdentity, scan_shards
+from allllm.data.row_filter import NO_FILTER, RowFilter, ShardRows, classify, effective_rows
 from allllm.data.sampler import RowSampler
 from allllm.data.seen import SeenMap
-from allllm.data.valsplit import split_rows
 from allllm.train.options import Reporter, TrainOptions
 from allllm.train.run_plan import RunPlan, make_run_id, order_seed
 from allllm.train.schedule import effective_warmup
 from allllm.util.clock import utc_iso
+
+#: a shard's documents (sidecar records) or None (shard-level accounting)
+DocsOf = Callable[[ShardEntry], "np.ndarray | None"]
+#: (hi, lo) digests -> (trained, held_out): the model's ledger as the row filter asks it
+LedgerView = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def NO_LEDGER(hi: np.ndarray, _lo: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ledger of a model that has trained nothing."""
+    return np.zeros(hi.size, dtype=bool), np.zeros(hi.size, dtype=bool)
+
+
+def no_documents(_entry: ShardEntry) -> None:
+    """Shard-level accounting for every shard (no documents known)."""
+    return None
 
 
 @dataclass
@@ -78,8 +94,36 @@ def split_for(entry: ShardEntry, cfg: Config) -> tuple[int, float]:
     return cfg.train.seed, cfg.data.val_fraction
 
 
+def stored_filter(entry: ShardEntry) -> RowFilter:
+    """The row filter fixed when a seen shard was first planned (none for a new shard)."""
+    return RowFilter.from_dict(entry.record.row_filter) if entry.record is not None else NO_FILTER
+
+
 def _training_rows(entry: ShardEntry, split: tuple[int, float]) -> np.ndarray:
-    return split_rows(split[0], entry.shard_id or "", entry.n_rows or 0, split[1])[0]
+    """The rows a seen shard trained (its pinned split minus its stored filter): replay draws
+    only these, never rows the ledger kept out."""
+    return effective_rows(split, entry.shard_id or "", entry.n_rows or 0, stored_filter(entry))[0]
+
+
+def shard_rows(entry: ShardEntry, cfg: Config, docs: DocsOf) -> ShardRows:
+    """What the row filter needs of ``entry`` (its documents from ``docs``)."""
+    return ShardRows(
+        shard_id=entry.shard_id or "",
+        n_rows=entry.n_rows or 0,
+        seq_len=entry.seq_len or cfg.data.seq_len,
+        last_row_len=entry.last_row_len or 0,
+        split=split_for(entry, cfg),
+        docs=docs(entry),
+    )
+
+
+def filter_new_shards(
+    cfg: Config, entries: list[ShardEntry], ledger: LedgerView, docs: DocsOf
+) -> dict[str, RowFilter]:
+    """The row filters of never-trained shards, decided together (duplicates across them)."""
+    rows = [shard_rows(e, cfg, docs) for e in sorted(entries, key=lambda e: e.shard_id or "")]
+    results = classify(rows, ledger, dedup=cfg.data.dedup)
+    return {r.shard_id: res.record for r, res in zip(rows, results)}
 
 
 def _row_tokens(entry: ShardEntry, rows: np.ndarray) -> int:
@@ -97,18 +141,29 @@ def plan_run(
     *,
     start_step: int,
     started: str,
+    ledger: LedgerView | None = None,
+    docs: DocsOf | None = None,
 ) -> RunPlan:
-    """A new run over ``selected`` (plus replay rows from seen shards when configured)."""
+    """A new run over ``selected`` (plus replay rows from seen shards when configured).
+
+    New shards go through the row filter against ``ledger`` (rows of trained documents are
+    skipped, ...); seen shards trained again keep the rows their first plan fixed.
+    """
     train = cfg.train
     ids = sorted(e.shard_id for e in selected if e.shard_id)
     run_id = make_run_id(ids, start_step)
     by_id = {e.shard_id: e for e in selected}
-    rows, tokens, splits = {}, {}, {}
+    new = [by_id[sid] for sid in ids if by_id[sid].state != "seen"]
+    filters = filter_new_shards(cfg, new, ledger or NO_LEDGER, docs or no_documents)
+    rows, tokens, splits, row_filters = {}, {}, {}, {}
     for sid in ids:
         entry = by_id[sid]
         split = split_for(entry, cfg)
         splits[sid] = {"val_seed": split[0], "val_fraction": split[1]}
-        train_rows = _training_rows(entry, split)
+        row_filter = filters.get(sid) or stored_filter(entry)
+        if not row_filter.empty:
+            row_filters[sid] = row_filter.to_dict()
+        train_rows = effective_rows(split, sid, entry.n_rows or 0, row_filter)[0]
         rows[sid] = int(train_rows.size)
         tokens[sid] = _row_tokens(entry, train_rows)
     n_new = sum(rows.values())
@@ -144,6 +199,7 @@ def plan_run(
         sampler=sampler.state_dict(),
         splits=splits,
         warmup_steps=effective_warmup(train.warmup_steps, sampler.total_batches()),
+        row_filters=row_filters,
     )
 
 
@@ -190,9 +246,17 @@ def scan_for(
 
 
 def choose_new_run(
-    cfg: Config, scan: ScanResult, opts: TrainOptions, start_step: int, reporter: Reporter
+    cfg: Config,
+    scan: ScanResult,
+    opts: TrainOptions,
+    start_step: int,
+    reporter: Reporter,
+    *,
+    ledger: LedgerView | None = None,
+    docs: DocsOf | None = None,
 ) -> tuple[RunPlan | None, Selection]:
-    """Select shards and plan a new run (None when nothing is left to train)."""
+    """Select shards and plan a new run (None when no shard is left; a plan of 0 rows when
+    every row of the new shards is already trained or held out: nothing to train)."""
     selection = select_shards(scan, only_new=opts.only_new, pattern=opts.shards)
     for entry, why in selection.excluded:
         reporter.warn(f"skipping {entry.name}: {why}")
@@ -208,7 +272,37 @@ def choose_new_run(
     shards = [e for e in selection.shards if e not in failed]
     if not shards:
         return None, selection
-    plan = plan_run(cfg, shards, scan, start_step=start_step, started=utc_iso())
-    if plan.n_rows == 0:
-        return None, selection
+    plan = plan_run(
+        cfg, shards, scan, start_step=start_step, started=utc_iso(), ledger=ledger, docs=docs
+    )
     return plan, selection
+
+
+def nothing_to_train(plan: RunPlan) -> str:
+    """Why a planned run over new shards has no row to train (the document ledger)."""
+    counts = plan.filter_counts()
+    parts = []
+    if counts["skipped_rows"]:
+        parts.append(f"{counts['skipped_rows']:,} rows already trained")
+    if counts["held_out_rows"]:
+        parts.append(f"{counts['held_out_rows']:,} rows hold held-out documents")
+    if counts["dedup_rows"]:
+        parts.append(f"{counts['dedup_rows']:,} rows repeat other rows of the run")
+    if not parts:
+        return "nothing to train: the selected shards have no training rows"
+    return "nothing to train: " + ", ".join(parts)
+
+
+def nothing_left(
+    cfg: Config, scan: ScanResult, selection: Selection, plan: RunPlan | None, after_pending: bool
+) -> str:
+    """The message of a ``train`` that found nothing to train (and why)."""
+    if plan is not None:
+        return nothing_to_train(plan)
+    if after_pending:
+        return "nothing new to train after the pending run"
+    if not scan.shards and not scan.missing:
+        return f"no shards in {cfg.data_dir} — run `allllm tokenize --model {cfg.name}` first"
+    if not selection.shards:
+        return "nothing new to train: every valid shard is already seen"
+    return "nothing to train: the selected shards have no training rows"

@@ -35,7 +35,8 @@ def seen_records_after(
             step=step,
             run_id=plan.run_id,
             completed=completed,
-        ).model_dump(mode="json")
+            **plan.row_filters.get(sid, {}),
+        ).to_json()
     return out
 
 
@@ -48,6 +49,7 @@ def run_summary(
         "shards": plan.shard_ids,
         "shard_files": plan.shard_files,
         "replay_rows": sum(len(r) for r in plan.replay.values()),
+        **plan.filter_counts(),
         "skipped_steps": plan.skipped_steps,
         "start_step": plan.start_step,
         "end_step": step,

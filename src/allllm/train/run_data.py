@@ -1,7 +1,8 @@
 """The rows a planned run reads: one dataset over its shards, the run order's dataset rows.
 
 Opening a plan's data re-derives each shard's training rows from the split the
-plan was made with and refuses a shard whose row count changed under the run,
+plan was made with, minus the rows its row filter kept out (the document
+ledger: rows of trained documents, held-out and duplicate rows), and refuses a shard whose row count changed under the run,
 so a resumed run never trains other rows than the ones it planned.
 """
 
@@ -15,7 +16,7 @@ import numpy as np
 from allllm.config import Config
 from allllm.data.dataset import ShardDataset, ShardSource
 from allllm.data.registry import TokenizerIdentity
-from allllm.data.valsplit import split_rows
+from allllm.data.row_filter import RowFilter, effective_rows
 from allllm.errors import DataError
 from allllm.train.distributed import DistInfo, run_on_rank0
 from allllm.train.options import TrainOptions
@@ -44,8 +45,10 @@ def open_run_data(plan: RunPlan, sources: dict[str, ShardSource], vocab_limit: i
     offset_of = {sid: int(dataset.offsets[i]) for i, sid in enumerate(needed)}
     parts, val_parts = [], []
     for sid in plan.shard_ids:
-        seed, fraction = plan.split_of(sid)
-        train_rows, val_rows = split_rows(seed, sid, sources[sid].n_rows, fraction)
+        row_filter = RowFilter.from_dict(plan.row_filters.get(sid))
+        train_rows, val_rows = effective_rows(
+            plan.split_of(sid), sid, sources[sid].n_rows, row_filter
+        )
         if train_rows.size != plan.shard_rows[sid]:
             raise DataError(
                 f"shard {sid[:12]} now has {train_rows.size} training rows, the run planned "

@@ -48,6 +48,17 @@ class RunPlan:
     splits: dict[str, dict[str, Any]] = field(default_factory=dict)
     # warm-up steps fixed when planned (None: a plan of allllm 0.1.0, see schedule.legacy_warmup)
     warmup_steps: int | None = None
+    # shard_id -> its row filter (data/row_filter.py RowFilter.to_dict()): rows the document
+    # ledger kept from training or validation when planned; absent: the split as it is
+    row_filters: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def counted(self, key: str) -> int:
+        """A row-filter count summed over the run's shards (skipped_rows, dedup_rows, ...)."""
+        return sum(int(f.get(key, 0)) for f in self.row_filters.values())
+
+    def filter_counts(self) -> dict[str, int]:
+        """``skipped_rows``, ``skipped_tokens``, ``held_out_rows``, ``dedup_rows`` of the run."""
+        return {k: self.counted(k) for k in FILTER_COUNTS}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,6 +80,10 @@ class RunPlan:
         if pinned is None:
             return self.val_seed, self.val_fraction
         return int(pinned["val_seed"]), float(pinned["val_fraction"])
+
+
+#: what the row filters count, as reported in runs.jsonl, train --json and the dry run
+FILTER_COUNTS = ("skipped_rows", "skipped_tokens", "held_out_rows", "dedup_rows")
 
 
 def make_run_id(shard_ids: list[str], start_step: int) -> str:

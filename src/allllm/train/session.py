@@ -19,31 +19,36 @@ on every rank.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from allllm.config import Config, TrainConfig
-from allllm.errors import AllllmError, TrainingError
+from allllm.errors import TrainingError
 from allllm.train import checkpoint as ckpt_io
 from allllm.train.distributed import (
     DistInfo,
-    broadcast_object,
     env_dist_info,
     process_group,
     run_on_rank0,
 )
-from allllm.train.lock import checkpoint_dir_lock
+from allllm.train.ledger_sync import (
+    after_run,
+    clean_ledger,
+    documents_of,
+    ensure_ledger,
+    ledger_view,
+    open_ledger,
+    run_segment,
+)
+from allllm.train.lock import rank0_lock
 from allllm.train.loop import Bounds, LoopContext, train_run
 from allllm.train.metrics import MetricsLog, peak_flops
 from allllm.train.optim import apply_hyperparams, make_optimizer
 from allllm.train.options import QuietReporter, Reporter, TrainOptions, TrainResult
 from allllm.train.parallelize import parallelize
-from allllm.train.planning import choose_new_run, scan_for
+from allllm.train.planning import choose_new_run, nothing_left, scan_for
 from allllm.train.precision import Precision, pick_device, resolve_precision
 from allllm.train.records import run_summary, seen_records_after, write_records
 from allllm.train.run_data import open_plan_data
@@ -84,26 +89,10 @@ def train(
     precision = resolve_precision(cfg.train.precision, device)
     with (
         process_group(info, device),
-        _rank0_lock(cfg.checkpoint_path, info),
+        rank0_lock(cfg.checkpoint_path, info),
         stop_signals() as stop,
     ):
         return Session(cfg, opts, reporter, info, device, precision, stop).run()
-
-
-@contextlib.contextmanager
-def _rank0_lock(path: Path, info: DistInfo) -> Iterator[None]:
-    """Rank 0 holds the checkpoint-dir lock; a refusal is raised on every rank."""
-    with contextlib.ExitStack() as stack:
-        error: AllllmError | None = None
-        if info.is_main:
-            try:
-                stack.enter_context(checkpoint_dir_lock(path))
-            except AllllmError as exc:
-                error = exc
-        error = broadcast_object(error, info)
-        if error is not None:
-            raise error
-        yield
 
 
 class Session:
@@ -127,13 +116,16 @@ class Session:
         self.metrics: MetricsLog | None = None
         self.ctx: LoopContext | None = None
         self.loaded_optimizer = False  # moments (and param groups) came from a checkpoint
+        self.ident: Any = None  # the tokenizer identity shards are checked against
 
     # -- orchestration ------------------------------------------------------------------------
     def run(self) -> TrainResult:
         cfg, opts, info = self.cfg, self.opts, self.info
-        ident, start = run_on_rank0(info, self._decide)
+        ident, start, ledger = run_on_rank0(info, self._decide)
+        self.ident = ident
         self.state = start.state or TrainState()
         self.state.seen = dict(start.seen)
+        self.state.ledger = ledger
         self.state.tokenizer_fingerprint = start.tokenizer_fingerprint
         if start.abandoned and not opts.dry_run and info.is_main:
             # before anything can return: the dropped run's leftovers must not stay "latest"
@@ -219,10 +211,21 @@ class Session:
             if self.metrics:
                 self.metrics.close()
 
-    def _decide(self) -> tuple[Any, StartPoint]:
+    def _decide(self) -> tuple[Any, StartPoint, list[dict[str, Any]]]:
         ident, _tok = tokenizer_identity(self.cfg, self.reporter.warn)
         start = decide_start(self.cfg, self.opts, self.reporter, ident.fingerprint)
-        return ident, start
+        # the start checkpoint's ledger (rolled back with it); unlisted segments are removed
+        refs = start.state.ledger if start.state is not None else None
+        ledger = ensure_ledger(
+            self.cfg,
+            refs,
+            start.seen,
+            lambda: scan_for(self.cfg, ident, start.seen, self.opts),
+            self.reporter.warn,
+        )
+        if not self.opts.dry_run:
+            clean_ledger(self.cfg, ledger)
+        return ident, start, ledger
 
     def _plan_new(
         self, ident: Any, start_step: int, exclude: set[str] | None = None
@@ -231,19 +234,18 @@ class Session:
         scan = scan_for(self.cfg, ident, self.state.seen, self.opts)
         if exclude:  # dry run: the pending run's shards will be seen by then
             scan.shards = [e for e in scan.shards if e.shard_id not in exclude]
-        plan, selection = choose_new_run(self.cfg, scan, self.opts, start_step, self.reporter)
-        if plan is None:
-            if exclude:
-                self.reporter.message("nothing new to train after the pending run")
-            elif not scan.shards and not scan.missing:
-                self.reporter.message(
-                    f"no shards in {self.cfg.data_dir} — run `allllm tokenize --model "
-                    f"{self.cfg.name}` first"
-                )
-            elif not selection.shards:
-                self.reporter.message("nothing new to train: every valid shard is already seen")
-            else:
-                self.reporter.message("nothing to train: the selected shards have no training rows")
+        plan, selection = choose_new_run(
+            self.cfg,
+            scan,
+            self.opts,
+            start_step,
+            self.reporter,
+            ledger=ledger_view(open_ledger(self.cfg, self.state.ledger)),
+            docs=documents_of(self.cfg.data_dir),
+        )
+        if plan is None or plan.n_rows == 0:
+            self.reporter.message(nothing_left(self.cfg, scan, selection, plan, bool(exclude)))
+            return None
         return plan
 
     def _finish(self) -> TrainResult:
@@ -297,13 +299,20 @@ class Session:
             return
         if ctx.scaler.is_enabled():
             osd["grad_scaler"] = ctx.scaler.state_dict()
-        seen_before = state.seen
+        seen_before, ledger_before = state.seen, state.ledger
         state.created = utc_iso()
         state.run_summary = None
-        if complete:
-            state.seen = seen_records_after(plan, seen_before, state.step, state.created)
-            state.run_summary = run_summary(plan, state.step, state.last_loss, state.last_val_loss)
         try:
+            if complete:
+                # the run's documents enter the ledger the checkpoint lists (a kill before
+                # the checkpoint leaves an unlisted segment: removed at the next start)
+                scan = scan_for(self.cfg, self.ident, seen_before, self.opts)
+                segment = run_segment(self.cfg, plan, scan, state.step)
+                state.ledger = after_run(self.cfg, state.ledger or [], segment)
+                state.seen = seen_records_after(plan, seen_before, state.step, state.created)
+                state.run_summary = run_summary(
+                    plan, state.step, state.last_loss, state.last_val_loss
+                )
             ref = ckpt_io.save_checkpoint(
                 self.ckpt_dir,
                 state.step,
@@ -312,7 +321,7 @@ class Session:
                 train_state=state,
             )
         except BaseException:
-            state.seen = seen_before  # not recorded: the run is not durable
+            state.seen, state.ledger = seen_before, ledger_before  # the run is not durable
             raise
         self.result.checkpoint = str(ref.path)
         self.reporter.checkpoint_saved(str(ref.path), state.step)
@@ -321,6 +330,7 @@ class Session:
             self.ckpt_dir, self.cfg.train.keep_checkpoints, protect, warn=self.reporter.warn
         )
         if complete:
+            clean_ledger(self.cfg, state.ledger or [])
             write_records(self.ckpt_dir, state.seen, state.run_summary)
 
     # -- one run ------------------------------------------------------------------------------
@@ -347,6 +357,7 @@ class Session:
                 "resumed": resumed,
                 "shards": [", ".join(plan.shard_files[s].values()) for s in plan.shard_ids],
                 "replay_rows": sum(len(r) for r in plan.replay.values()),
+                **plan.filter_counts(),
                 "rows": plan.n_rows,
                 "epochs": plan.epochs,
                 "steps_done": plan.steps_done,

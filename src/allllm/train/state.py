@@ -9,12 +9,14 @@ it back with :meth:`TrainState.from_state_dict`, which migrates older formats
 and refuses newer ones (:mod:`allllm.util.versions`). Plain data: reading a
 state imports neither torch nor numpy (``status`` reads checkpoints too).
 
-Format 2 — ``trainer_state.json``::
+Format 3 — ``trainer_state.json``::
 
     format_version, step, tokens_seen, run_id, run_complete, run (the RunPlan),
     run_summary (the runs.jsonl line, once complete), rng [per rank], world_size,
     config (snapshot), tokenizer_fingerprint, seen {shard_id: record}, created,
-    last {loss, val_loss}
+    last {loss, val_loss}, ledger [{name, sha256, count}] (the document ledger's segments)
+
+Format 2 had no ``ledger`` (it is built from the seen shards at the next start).
 
 Format 1 had no ``val_seed`` / ``val_fraction`` in its seen records; they are
 migrated from the state's own config snapshot.
@@ -64,8 +66,18 @@ def _pin_seen_splits(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-#: trainer_state.json: version 2 stores each seen record's validation split
-STATE_FORMAT = FileFormat("trainer state", current=2, migrations={1: _pin_seen_splits})
+def _unbuilt_ledger(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 → 3: the state gains its document ledger's segments; a state written before
+    the ledger existed has none built yet (``None``): the trainer builds it from the seen shards."""
+    data.setdefault("ledger", None)
+    return data
+
+
+#: trainer_state.json: version 2 stores each seen record's validation split; version 3 lists
+#: the document ledger's segments
+STATE_FORMAT = FileFormat(
+    "trainer state", current=3, migrations={1: _pin_seen_splits, 2: _unbuilt_ledger}
+)
 STATE_FORMAT_VERSION = STATE_FORMAT.current
 
 
@@ -85,6 +97,9 @@ class TrainState:
     last_loss: float | None = None
     last_val_loss: float | None = None
     created: str | None = None
+    # the document ledger's segments ({name, sha256, count}; data/ledger.py) as of this
+    # checkpoint; None: a state of an allllm before the ledger (built from the seen shards)
+    ledger: list[dict[str, Any]] | None = None
 
     @property
     def run_complete(self) -> bool:
@@ -119,6 +134,7 @@ class TrainState:
             "seen": self.seen,
             "created": self.created,
             "last": {"loss": self.last_loss, "val_loss": self.last_val_loss},
+            "ledger": self.ledger,
         }
 
     def load_state_dict(self, data: Any, where: str = "trainer_state.json") -> None:
@@ -146,6 +162,10 @@ class TrainState:
             self.last_loss = last.get("loss")
             self.last_val_loss = last.get("val_loss")
             self.created = data.get("created")
+            ledger = data.get("ledger")
+            if ledger is not None and not isinstance(ledger, list):
+                raise ValueError("ledger is not a list")
+            self.ledger = None if ledger is None else [dict(x) for x in ledger]
         except (KeyError, TypeError, ValueError, AttributeError, DataError) as exc:
             raise CheckpointError(f"{where}: malformed trainer state ({exc})") from None
 

@@ -90,7 +90,7 @@ def select_rows(
     warn: Warn | None = None,
 ) -> list[EvalPart]:
     """The shards and rows ``eval`` reads (see the module doc); a one-line error if none."""
-    from allllm.data.valsplit import split_rows
+    from allllm.data.row_filter import RowFilter, effective_rows
 
     def note(text: str) -> None:
         if warn:
@@ -115,16 +115,21 @@ def select_rows(
         return parts
     # each shard's own split: its seen record's, or the (pending) run's that planned it
     splits = {sid: state.run.split_of(sid) for sid in state.run.shard_ids} if state.run else {}
+    # ... and the rows its row filter dropped (validation rows holding trained documents)
+    filters = dict(state.run.row_filters) if state.run else {}
     for sid, rec in state.seen.items():
         splits[sid] = (int(rec["val_seed"]), float(rec["val_fraction"]))
+        filters[sid] = rec
     for entry in scan.shards:
         if entry.state not in ("new", "seen") or not entry.shard_id or not entry.n_rows:
             continue
         if entry.eval_only:
             parts.append(EvalPart(entry, np.arange(entry.n_rows), "eval_shard"))
         elif entry.shard_id in splits:
-            seed, val_fraction = splits[entry.shard_id]
-            val = split_rows(seed, entry.shard_id, entry.n_rows, val_fraction)[1]
+            row_filter = RowFilter.from_dict(filters.get(entry.shard_id))
+            val = effective_rows(splits[entry.shard_id], entry.shard_id, entry.n_rows, row_filter)[
+                1
+            ]
             if val.size:
                 parts.append(EvalPart(entry, val, "validation"))
     if not parts:

@@ -1,8 +1,8 @@
 """``allllm status``: what a model has seen, what is new, what is wrong (docs/design.md, JSON outputs).
 
 :func:`build_status` returns one JSON-serializable dict; ``status --json`` prints
-it and :func:`allllm.cli.views.status.render_status` draws it as a table. It never
-writes anything (a broken ``seen_datasets.json`` is reported, not repaired; the
+it and :func:`allllm.cli.views.status.render_status` draws it as a table. It writes
+nothing but a cache of repeat counts (a broken ``seen_datasets.json`` is reported, not repaired; the
 next ``train`` repairs it) and never imports torch unless a legacy shard must be
 read under ``trust_unverified``. The tokenizer is loaded only when there are
 shards to compare; when it cannot be loaded here (an HF hub id offline, ...)
@@ -18,9 +18,12 @@ Report keys (all always present):
   ``reason``, ``rows``, ``tokens``, ``step`` (of its seen record), ``run_id``,
   ``train_rows``, ``train_tokens``, ``val_rows``, ``val_tokens`` (the validation split; an eval-only
   shard is all validation), ``eval_only``, ``tokenizer_unverified``, ``legacy``, ``pending``
-  (in the pending run), ``duplicate_of``, ``superseded_by``, ``created``
+  (in the pending run), ``duplicate_of``, ``superseded_by``, ``created``; a new shard also
+  ``repeat_rows`` / ``repeat_tokens``: its training rows made only of documents the model has
+  trained (the next run skips them; cached per ledger version, see ``use/repeats.py``)
 - ``totals``: ``shards``, ``states`` {state: count}, ``new_rows``/``new_tokens`` (training rows
-  of trainable new shards: what ``train --only-new`` would train), ``seen_rows``/``seen_tokens``
+  of trainable new shards less their repeats: what ``train --only-new`` would train),
+  ``repeat_rows``/``repeat_tokens``, ``seen_rows``/``seen_tokens``
   (seen records of present shards), ``val_rows``/``val_tokens``, ``eval_rows``/``eval_tokens``,
   ``missing_rows``/``missing_tokens``
 - ``checkpoint``: null or the ``checkpoint`` argument without its ``seen`` map (``step``,
@@ -125,15 +128,53 @@ def _shard_report(
     }
 
 
+def _add_repeats(
+    cfg: Config,
+    shards: list[dict[str, Any]],
+    entries: list[ShardEntry],
+    checkpoint: dict[str, Any] | None,
+    pending: dict[str, tuple[int, float]],
+    notes: list[str],
+) -> None:
+    """``repeat_rows`` / ``repeat_tokens`` of each new shard: rows of documents already trained."""
+    from allllm.use.repeats import repeat_counts
+
+    refs = (checkpoint or {}).get("ledger")
+    if checkpoint is not None and refs is None and checkpoint.get("seen"):
+        notes.append(
+            "the document ledger is built at the next `allllm train` (this checkpoint is older "
+            "than it): repeats of trained text are not counted yet"
+        )
+    new = [
+        e
+        for e in entries
+        if e.state == "new" and not e.eval_only and e.shard_id and e.n_rows and e.valid
+    ]
+    splits = {
+        e.shard_id or "": pending.get(e.shard_id or "", (cfg.train.seed, cfg.data.val_fraction))
+        for e in new
+    }
+    counts = repeat_counts(cfg, new, refs, splits)
+    for shard in shards:
+        if shard["state"] != "new" or shard["eval_only"]:
+            continue
+        found = counts.get(shard["shard_id"] or "", {})
+        shard["repeat_rows"] = found.get("repeat_rows", 0)
+        shard["repeat_tokens"] = found.get("repeat_tokens", 0)
+
+
 def _totals(shards: list[dict[str, Any]], entries: list[ShardEntry]) -> dict[str, Any]:
     t: dict[str, Any] = {"shards": sum(1 for s in shards if s["state"] != "missing")}
     t["states"] = {state: sum(1 for s in shards if s["state"] == state) for state in STATES}
-    for key in ("new", "seen", "val", "eval", "missing"):
+    for key in ("new", "seen", "val", "eval", "missing", "repeat"):
         t[f"{key}_rows"] = t[f"{key}_tokens"] = 0
     for s, e in zip(shards, entries):
         if s["state"] == "new" and not s["eval_only"]:
-            t["new_rows"] += s["train_rows"] or 0
-            t["new_tokens"] += s["train_tokens"] or 0
+            # what --only-new would train: rows of documents already trained are skipped
+            t["new_rows"] += (s["train_rows"] or 0) - s.get("repeat_rows", 0)
+            t["new_tokens"] += (s["train_tokens"] or 0) - s.get("repeat_tokens", 0)
+            t["repeat_rows"] += s.get("repeat_rows", 0)
+            t["repeat_tokens"] += s.get("repeat_tokens", 0)
         if s["state"] == "seen" and e.record is not None:
             t["seen_rows"] += e.record.rows
             t["seen_tokens"] += e.record.tokens
@@ -221,6 +262,7 @@ def build_status(
     }
     entries = result.all_entries()
     shards = [_shard_report(e, cfg, pending) for e in entries]
+    _add_repeats(cfg, shards, entries, checkpoint, pending, notes)
     report: dict[str, Any] = {
         "config": cfg.name,
         "data_dir": str(data_dir),
@@ -248,6 +290,25 @@ def build_status(
     if checkpoint is None:
         notes.append(f"no checkpoints yet in {ckpt_dir}")
     else:
-        hidden = ("seen", "legacy_split", "pending_splits")
+        hidden = ("seen", "legacy_split", "pending_splits", "ledger")
         report["checkpoint"] = {k: v for k, v in checkpoint.items() if k not in hidden}
+    return report
+
+
+def build_provenance(
+    cfg: Config, path: str, *, checkpoint: dict[str, Any] | None = None, tokenizer: Any = None
+) -> dict[str, Any]:
+    """``status --source PATH``: the provenance of one raw file (:mod:`allllm.use.provenance`)."""
+    from allllm.use.provenance import source_provenance
+
+    notes: list[str] = []
+    seen = _seen_map(cfg, checkpoint, notes)
+    ident = _tokenizer_identity(cfg, tokenizer, notes)
+    report = source_provenance(cfg, path, ident, seen, checkpoint)
+    report["notes"] = notes
+    if not report["ledger_built"]:
+        notes.append(
+            "the document ledger is built at the next `allllm train`: nothing is counted as "
+            "trained until then"
+        )
     return report

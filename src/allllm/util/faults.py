@@ -70,8 +70,11 @@ POINTS = (
     "checkpoint.rotate",  # an old checkpoint renamed for deletion, not yet deleted
     "train.before_seen",  # the run's final checkpoint is durable, seen records not written
     "train.before_runs",  # seen records written, runs.jsonl line not yet
+    "ledger.segment",  # a run's ledger segment renamed into place, no checkpoint lists it yet
+    "ledger.merge",  # a merged ledger segment renamed into place, no checkpoint lists it yet
     "tokenize.journal",  # a journal entry's temporary written, not yet renamed into place
     "tokenize.rows",  # a shard's rows partly written
     "tokenize.renamed",  # data files renamed into place, meta not yet
+    "tokenize.docs",  # .docs sidecar renamed into place (data files too), meta not yet
     "tokenize.meta",  # meta in place, journal entry not yet removed
 )

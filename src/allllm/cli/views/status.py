@@ -49,6 +49,12 @@ def state_text(shard: dict[str, Any]) -> str:
         text = f"{state}: {reason}"
         if step is not None:
             text += f" (seen @ step {step})"
+    elif state == "new" and shard.get("repeat_rows"):
+        repeat, rows = shard["repeat_rows"], shard.get("train_rows") or 0
+        if repeat >= rows:
+            text = f"new (all {rows:,} rows already trained)"
+        else:
+            text = f"new — {repeat:,} of {rows:,} rows already trained"
     else:
         text = state
     extras = [
@@ -77,6 +83,8 @@ def _totals_line(totals: dict[str, Any]) -> str:
         f"[green]new[/green] {_amount(totals['new_tokens'], totals['new_rows'])}",
         f"[cyan]seen[/cyan] {_amount(totals['seen_tokens'], totals['seen_rows'])}",
     ]
+    if totals.get("repeat_rows"):
+        parts.append(f"already trained {_amount(totals['repeat_tokens'], totals['repeat_rows'])}")
     if totals["val_rows"]:
         parts.append(f"validation {_amount(totals['val_tokens'], totals['val_rows'])}")
     if totals["eval_rows"]:
@@ -143,3 +151,39 @@ def render_status(report: dict[str, Any], console: Console, *, max_rows: int | N
     console.print(_checkpoint_line(report["checkpoint"]))
     for note in report["notes"]:
         console.print(f"[yellow]note:[/yellow] {escape(note)}")
+
+
+def render_provenance(report: dict[str, Any], console: Console) -> None:
+    """What ``status --source PATH`` prints: per run the documents it trained, then the rest."""
+    console.print(
+        f"[bold]{escape(report['source'])}[/bold]: {report['documents']:,} document(s) in "
+        f"{len(report['shards'])} shard(s)",
+        soft_wrap=True,
+    )
+    for shard in report["shards"]:
+        docs = "documents not recorded" if shard["documents"] is None else f"{shard['documents']:,}"
+        where = f"seen @ step {shard['step']}" if shard["state"] == "seen" else shard["state"]
+        console.print(f"  {escape(shard['name'])}: {docs} ({where})", soft_wrap=True)
+    for run in report["runs"]:
+        run_id = (run["run_id"] or "?")[:12]
+        console.print(
+            f"[cyan]trained[/cyan] {run['documents']:,} by run {run_id} (ended at step "
+            f"{run['step']})"
+        )
+    if report["held_out"]:
+        console.print(f"held out (validation) {report['held_out']:,}")
+    console.print(
+        f"[green]not trained yet[/green] {report['not_trained']:,}"
+        if report["not_trained"]
+        else "every document of this file is trained or held out"
+    )
+    for doc in report["not_trained_documents"]:
+        console.print(
+            f"  document {doc['document']} of {escape(doc['shard'])}: {doc['tokens']:,} tokens, "
+            f"rows {doc['rows'][0]}–{doc['rows'][1]}",
+            soft_wrap=True,
+        )
+    if report["not_trained"] > len(report["not_trained_documents"]):
+        console.print(f"  (+{report['not_trained'] - len(report['not_trained_documents'])} more)")
+    for note in report.get("notes", []):
+        console.print(f"[dim]note: {escape(note)}[/dim]", soft_wrap=True)

@@ -66,6 +66,9 @@ class RichTrainReporter:
             f"{info['total_steps']:,} steps, {format_count(info['total_tokens'])} tokens",
             soft_wrap=soft,
         )
+        kept = kept_rows_line(info)
+        if kept:
+            self.console.print(f"  {kept}", soft_wrap=soft, highlight=False)
         for name in shards[:3]:  # a line each: shard file names are long
             self.console.print(f"  {escape(name)}", soft_wrap=soft, highlight=False)
         if len(shards) > 3:
@@ -141,12 +144,30 @@ class RichTrainReporter:
             + (f", val {val:.4f}" if val is not None else ""),
             soft_wrap=unwrapped(self.console),
         )
+        kept = kept_rows_line(summary)
+        if kept:
+            self.console.print(f"  {kept}", soft_wrap=unwrapped(self.console), highlight=False)
 
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
             self._task = None
+
+
+def kept_rows_line(info: dict[str, Any]) -> str:
+    """What the document ledger kept out of a run ("" when nothing): skipped, held out, dedup."""
+    parts = []
+    if info.get("skipped_rows"):
+        parts.append(
+            f"{info['skipped_rows']:,} rows already trained "
+            f"({format_count(info.get('skipped_tokens', 0))} tokens)"
+        )
+    if info.get("held_out_rows"):
+        parts.append(f"{info['held_out_rows']:,} rows hold held-out documents")
+    if info.get("dedup_rows"):
+        parts.append(f"{info['dedup_rows']:,} rows only repeat this run's documents")
+    return "skipped: " + "; ".join(parts) if parts else ""
 
 
 def render_dry_run(plan: dict[str, Any], console: Console) -> None:
@@ -165,6 +186,9 @@ def render_dry_run(plan: dict[str, Any], console: Console) -> None:
             f"{format_count(run['total_tokens'])} tokens",
             soft_wrap=True,
         )
+        kept = kept_rows_line(run)
+        if kept:
+            console.print(f"  {kept}", soft_wrap=True)
         for name in shards:
             console.print(f"  {escape(name)}", soft_wrap=True)
     if plan.get("optimizer_changes"):

@@ -64,7 +64,10 @@ class EncodedChunk:
 
     ids: np.ndarray  # uint32
     progress: list[tuple[str, int]]  # (source, input bytes) these ids complete, in order
-    documents: int  # documents that ended inside this chunk
+    documents: int  # documents that ended inside this chunk (== doc_ends.size)
+    # int64 offsets in ``ids`` where those documents end (exclusive, BOS/EOS included)
+    doc_ends: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    doc_sources: list[str] = field(default_factory=list)  # the ``Pieces.source`` of each
 
     @property
     def bytes_done(self) -> int:
@@ -93,6 +96,7 @@ class _Document:
     parts: list[str] = field(default_factory=list)
     length: int = 0
     first: bool = True  # the buffer starts the document (gets BOS)
+    source: str = ""  # the input it comes from (``Pieces.source``)
     searched: int = 0  # no safe cut before this buffer position
     forcing: bool = False  # no safe cut for max_document_chars: cut at fixed lengths
 
@@ -102,9 +106,10 @@ class _Batch:
     texts: list[str] = field(default_factory=list)
     bos: list[bool] = field(default_factory=list)  # put BOS before text i
     eos: list[bool] = field(default_factory=list)  # put EOS after text i
+    ends: list[bool] = field(default_factory=list)  # text i ends its document
+    doc_sources: list[str] = field(default_factory=list)  # per document ended: its source
     chars: int = 0
     progress: list[tuple[str, int]] = field(default_factory=list)
-    documents: int = 0
 
     def add_progress(self, source: str, nbytes: int) -> None:
         if self.progress and self.progress[-1][0] == source:
@@ -214,14 +219,15 @@ class StreamEncoder:
                 batch.texts += texts
                 batch.bos += [has_bos] * n
                 batch.eos += [has_eos] * n
+                batch.ends += [True] * n
+                batch.doc_sources += [pieces.source] * n
                 batch.chars += sum(map(len, texts))
-                batch.documents += n
             else:
                 for i, text in enumerate(texts):
                     if starts[i] or doc is None:
                         if doc is not None:  # a reader always ends its documents; still, keep text
                             self._end_document(batch, doc)
-                        doc = _Document()
+                        doc = _Document(source=pieces.source)
                     if text:
                         doc.parts.append(text)
                         doc.length += len(text)
@@ -245,6 +251,7 @@ class StreamEncoder:
             batch.texts.append(head)
             batch.bos.append(doc.first and self._bos is not None)
             batch.eos.append(False)
+            batch.ends.append(False)
             batch.chars += len(head)
             doc.first = False
 
@@ -253,8 +260,9 @@ class StreamEncoder:
         batch.texts.append(text)
         batch.bos.append(doc.first and self._bos is not None)
         batch.eos.append(self._eos is not None)
+        batch.ends.append(True)
+        batch.doc_sources.append(doc.source)
         batch.chars += len(text)
-        batch.documents += 1
 
     def _cut_heads(self, doc: _Document) -> list[str]:
         """Split whole segments off the buffered document at safe cuts; keep the tail buffered.
@@ -309,7 +317,8 @@ class StreamEncoder:
         return heads
 
     # -- encoding (worker thread) -----------------------------------------------------------------
-    def _encode(self, batch: _Batch) -> np.ndarray:
+    def _encode(self, batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
+        """(the batch's ids with BOS/EOS, the offsets in them where its documents end)."""
         t0 = time.perf_counter()
         long_texts = batch.chars >= self.ARRAY_MIN_CHARS * len(batch.texts)
         joined = None
@@ -329,9 +338,9 @@ class StreamEncoder:
             self.timings.encode += time.perf_counter() - t0
             t1 = time.thread_time()
             flat, lens = self._flatten(batch, results)
-        ids = self._add_specials(batch, flat.astype(np.uint32, copy=False), lens)
+        ids, doc_ends = self._add_specials(batch, flat.astype(np.uint32, copy=False), lens)
         self.timings.convert += time.thread_time() - t1
-        return ids
+        return ids, doc_ends
 
     @staticmethod
     def _flatten(batch: _Batch, results: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -348,19 +357,24 @@ class StreamEncoder:
             buf.fromlist(ids)
         return np.frombuffer(buf, dtype=np.uint32), lens
 
-    def _add_specials(self, batch: _Batch, flat: np.ndarray, lens: np.ndarray) -> np.ndarray:
-        """``flat`` with BOS before and EOS after each text where the batch asks for them."""
+    def _add_specials(
+        self, batch: _Batch, flat: np.ndarray, lens: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``flat`` with BOS before and EOS after each text where the batch asks for them, and
+        the offsets in the result where the batch's documents end (after their EOS)."""
         if lens.size != len(batch.texts) or int(lens.sum()) != flat.size:
             raise RuntimeError(
                 f"the tokenizer returned {lens.size} texts / {flat.size} ids for "
                 f"{len(batch.texts)} texts / {int(lens.sum())} ids"
             )
-        bos = np.fromiter(batch.bos, dtype=bool, count=len(batch.bos))
-        eos = np.fromiter(batch.eos, dtype=bool, count=len(batch.eos))
+        n = len(batch.texts)
+        bos = np.fromiter(batch.bos, dtype=bool, count=n)
+        eos = np.fromiter(batch.eos, dtype=bool, count=n)
+        doc_end = np.fromiter(batch.ends, dtype=bool, count=n)
         if not (bos.any() or eos.any()):
-            return flat
+            return flat, np.cumsum(lens, dtype=np.int64)[doc_end]
         sizes = lens + bos + eos
-        ends = np.cumsum(sizes)
+        ends = np.cumsum(sizes, dtype=np.int64)
         out = np.empty(int(ends[-1]), dtype=np.uint32)
         is_id = np.ones(out.size, dtype=bool)
         bos_at = (ends - sizes)[bos]
@@ -372,11 +386,12 @@ class StreamEncoder:
             out[bos_at] = self._bos
         if eos_at.size:
             out[eos_at] = self._eos
-        return out
+        return out, ends[doc_end]
 
     # -- results (main thread) --------------------------------------------------------------------
     def _collect(self, future: Future, batch: _Batch) -> EncodedChunk:
         t0 = time.perf_counter()
-        ids = future.result()
+        ids, doc_ends = future.result()
         self.timings.wait += time.perf_counter() - t0
-        return EncodedChunk(ids=ids, progress=batch.progress, documents=batch.documents)
+        n_docs = len(batch.doc_sources)  # == doc_ends.size: one per text that ends a document
+        return EncodedChunk(ids, batch.progress, n_docs, doc_ends, batch.doc_sources)

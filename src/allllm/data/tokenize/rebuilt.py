@@ -12,7 +12,8 @@ the same settings that have its id and the same source records
   rebuild wrote: the rebuild is *discarded* (removed through its journal entry)
   and that shard reported ``unchanged``;
 - otherwise (corrupt or truncated files, a broken meta, or a format the run adds,
-  as ``--force --bin`` over ``.jsonl``-only shards): the rebuild is committed and
+  as ``--force --bin`` over ``.jsonl``-only shards, or the ``.docs`` sidecar over a
+  shard made before it existed): the rebuild is committed and
   those older shards are *replaced*: journaled for removal before the rebuild
   becomes visible, then removed, so a kill at any moment leaves one of them, or
   only journaled files the next tokenize removes (and the source then counts as new).
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from allllm.data.registry import ScanSpec, inspect_one
-from allllm.data.shard_format import DATA_SUFFIXES, META_SUFFIX, ShardMeta
+from allllm.data.shard_format import DATA_SUFFIXES, DOCS_SUFFIX, META_SUFFIX, ShardMeta
 from allllm.data.tokenize import journal
 from allllm.data.tokenize.plan import ExistingShard, identity_of_meta_path
 from allllm.data.tokenize.write import ShardWriter
@@ -81,17 +82,26 @@ class RebuildCheck:
             if entry is None or "meta" not in entry.files:
                 continue  # gone, or its meta went since the plan: nothing of ours to act on
             good = entry.state == "new" and entry.shard_id == meta.shard_id
-            if good and entry.meta is not None and set(entry.meta.files) >= set(meta.files):
+            if good and entry.meta is not None and _holds_all_of(entry.meta, meta):
                 return shard, []
             broken.append(shard)
         return None, broken
 
 
+def _holds_all_of(live: ShardMeta, rebuild: ShardMeta) -> bool:
+    """The live shard has every file the rebuild wrote: its formats, and a ``.docs`` too."""
+    has_docs = live.documents is not None or rebuild.documents is None
+    return set(live.files) >= set(rebuild.files) and has_docs
+
+
 def _shard_files(shard: ExistingShard) -> list[str]:
-    """The files of an existing shard: the data files its meta lists, then the meta."""
+    """The files of an existing shard: the data files its meta lists, its ``.docs`` when meta
+    names one, then the meta."""
     data = [
         f"{shard.stem}{DATA_SUFFIXES[role]}" for role in shard.meta.files if role in DATA_SUFFIXES
     ]
+    if shard.meta.documents is not None:
+        data.append(f"{shard.stem}{DOCS_SUFFIX}")
     return [*data, f"{shard.stem}{META_SUFFIX}"]
 
 

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from allllm.config import Config
 from allllm.data.registry import ScanSpec, TokenizerIdentity
 from allllm.data.shard_format import TokenizerInfo, bin_dtype_for, unique_stem
@@ -328,11 +330,15 @@ def _write_shard(
     )
     progress.begin_shard(stem, job.nbytes)
     sizes = {display_path(i.source.path): i.nbytes for i in job.items}
+    # a document's source: its index in meta `sources` (the order of job.items)
+    source_index = {display_path(i.source.path): k for k, i in enumerate(job.items)}
     documents = 0
     file_name = None
     try:
         for chunk in encoder.encode(feed):
-            writer.add(chunk.ids)
+            names = chunk.doc_sources
+            doc_sources = np.fromiter(map(source_index.__getitem__, names), np.uint32, len(names))
+            writer.add(chunk.ids, chunk.doc_ends, doc_sources)
             documents += chunk.documents
             tokens = int(chunk.ids.size)
             for name, nbytes in chunk.progress:

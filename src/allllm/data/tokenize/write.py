@@ -1,7 +1,10 @@
-"""Write one shard atomically: packed rows to ``.jsonl`` / ``.bin``, then its meta, last.
+"""Write one shard atomically: packed rows to ``.jsonl`` / ``.bin``, its ``.docs``, then its meta.
 
 The token stream arrives in chunks; complete rows of exactly ``seq_len`` ids
-are rendered and hashed as they form, so memory is bounded by one chunk. Data
+are rendered and hashed as they form, so memory is bounded by one chunk, and
+each document is digested as its ids pass, on a thread of its own
+(``document_digest.BackgroundDigester``: only the 32-byte records are kept, for the
+``.docs`` sidecar written at the end). Data
 goes to temporary names listed in the journal (``journal.py``), is fsynced and
 renamed, and the meta file is renamed into place last: a reader that sees the
 meta sees complete data. The journal entry stays until the caller ``commit``s
@@ -18,6 +21,7 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any, NoReturn
@@ -25,10 +29,14 @@ from typing import IO, Any, NoReturn
 import numpy as np
 
 from allllm import __version__
+from allllm.data.document_digest import DIGEST_ALGORITHM, BackgroundDigester
+from allllm.data.documents import write_documents
 from allllm.data.shard_format import (
     DATA_SUFFIXES,
+    DOCS_SUFFIX,
     FORMAT_VERSION,
     META_SUFFIX,
+    DocumentsInfo,
     FileInfo,
     ShardIdHasher,
     ShardMeta,
@@ -41,9 +49,9 @@ from allllm.util.atomic import fsync_dir
 from allllm.util.clock import utc_iso
 from allllm.util.faults import fault_point
 
-#: the writer's stages: CPU seconds of the writing thread, except ``finish`` (fsync, renames,
-#: meta), which is wall time
-WRITE_STAGES = ("render", "hash", "write", "finish")
+#: the writer's stages: CPU seconds of the writing thread, except ``docs`` (CPU seconds of the
+#: thread digesting documents) and ``finish`` (fsync, renames, meta), which is wall time
+WRITE_STAGES = ("render", "hash", "docs", "write", "finish")
 
 
 class _StreamHasher(ShardIdHasher):
@@ -168,6 +176,9 @@ class ShardWriter:
         self._temp = {role: f".{name}.tmp" for role, name in self._final.items()}
         self._meta_name = f"{stem}{META_SUFFIX}"
         self._meta_temp = f".{self._meta_name}.tmp"
+        self._docs_name = f"{stem}{DOCS_SUFFIX}"
+        self._docs_temp = f".{self._docs_name}.tmp"
+        self._digester = BackgroundDigester()
         self._files: dict[str, _HashingFile] = {}
         self._pending = np.empty(0, dtype=np.uint32)  # ids not yet forming a full row
         self._hasher = _StreamHasher()
@@ -178,7 +189,8 @@ class ShardWriter:
         self.n_tokens = 0
         self.max_id = -1
         self._done = False
-        names = [*self._temp.values(), *self._final.values(), self._meta_temp, self._meta_name]
+        names = [*self._temp.values(), *self._final.values(), self._docs_temp, self._docs_name]
+        names += [self._meta_temp, self._meta_name]
         try:
             journal.begin(data_dir, stem, names)
             for role, name in self._temp.items():
@@ -188,12 +200,24 @@ class ShardWriter:
             self.fail(exc)
 
     # -- writing ----------------------------------------------------------------------------------
-    def add(self, ids: np.ndarray) -> None:
-        """Append a chunk of the token stream (any integer array; checked against the vocab)."""
-        if ids.size == 0:
+    def add(
+        self,
+        ids: np.ndarray,
+        doc_ends: np.ndarray | None = None,
+        doc_sources: Sequence[int] | None = None,
+    ) -> None:
+        """Append a chunk of the token stream (any integer array; checked against the vocab).
+
+        ``doc_ends``: offsets in ``ids`` (exclusive, ascending) where documents end, and
+        ``doc_sources`` each one's index in meta ``sources``; ids after the last end belong
+        to a document that goes on (without them the whole chunk does). The stream's ids
+        after the last end of all make one more document.
+        """
+        ends = np.zeros(0, np.int64) if doc_ends is None else doc_ends
+        if ids.size == 0 and not len(ends):
             return
-        top = int(ids.max())
-        low = 0 if ids.dtype.kind == "u" else int(ids.min())
+        top = int(ids.max()) if ids.size else -1
+        low = 0 if ids.dtype.kind == "u" or not ids.size else int(ids.min())
         limit = min(self.vocab_size, self.id_range)
         if top >= limit or low < 0:
             self.abort()
@@ -205,6 +229,7 @@ class ShardWriter:
             )
         self.max_id = max(self.max_id, top)
         stream = ids.astype(np.uint32, copy=False)
+        self._digester.add(stream, ends, [] if doc_sources is None else doc_sources)
         if self._pending.size:  # complete the pending row first; the rest needs no copy
             need = self.seq_len - self._pending.size
             head = np.concatenate([self._pending, stream[:need]])
@@ -254,7 +279,8 @@ class ShardWriter:
 
     # -- completion -------------------------------------------------------------------------------
     def finish(self, **meta_fields: Any) -> ShardMeta:
-        """Flush the final (possibly short) row, rename data files, then write the meta last.
+        """Flush the final (possibly short) row, write the ``.docs``, rename the data files and
+        the ``.docs``, then write the meta last.
 
         ``meta_fields`` are the caller's meta fields (tokenizer, sources, ...);
         counts, ids and file digests are filled in here. A ``supersedes`` entry equal
@@ -270,6 +296,9 @@ class ShardWriter:
         try:
             for f in self._files.values():
                 f.close()
+            records = self._digester.finish(self.n_tokens)
+            self.timings["docs"] += self._digester.seconds
+            docs_sha, docs_size = write_documents(self.data_dir / self._docs_temp, records)
             shard_id = self._hasher.hexdigest(self.seq_len)
             if "supersedes" in meta_fields:
                 meta_fields["supersedes"] = [s for s in meta_fields["supersedes"] if s != shard_id]
@@ -286,14 +315,23 @@ class ShardWriter:
                     role: FileInfo(name=self._final[role], sha256=self._file_sha(role), size=f.size)
                     for role, f in self._files.items()
                 },
+                documents=DocumentsInfo(
+                    name=self._docs_name,
+                    sha256=docs_sha,
+                    size=docs_size,
+                    count=int(records.size),
+                    digest=DIGEST_ALGORITHM,
+                ),
                 created=utc_iso(),
                 allllm_version=__version__,
                 **meta_fields,
             )
             for role in self._files:
                 os.replace(self.data_dir / self._temp[role], self.data_dir / self._final[role])
-            fsync_dir(self.data_dir)
             fault_point("tokenize.renamed")
+            os.replace(self.data_dir / self._docs_temp, self.data_dir / self._docs_name)
+            fsync_dir(self.data_dir)  # every file in place, durably, before the meta names them
+            fault_point("tokenize.docs")
             self._write_meta(meta)
             fault_point("tokenize.meta")
         except OSError as exc:
@@ -335,6 +373,8 @@ class ShardWriter:
         if self._done:
             return
         self._done = True
+        with contextlib.suppress(Exception):  # a digester error is moot once the shard goes
+            self._digester.close()
         for f in self._files.values():
             f.discard()
         with contextlib.suppress(OSError):

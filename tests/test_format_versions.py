@@ -72,12 +72,15 @@ def test_a_workspace_of_allllm_0_1_0_finishes_its_pending_run(v1: Path) -> None:
     assert state.run_complete and sorted(state.seen) == expected["seen"]
     seen_file = json.loads((CKPT / "seen_datasets.json").read_text())
     assert sorted(seen_file["shards"]) == expected["seen"]
-    # version 1 held no split: its records took the snapshot's (a one-time migration, now v2)
+    # version 1 held no split: its records took the snapshot's (a one-time migration, now v3)
     old_state = json.loads(
         (FIXTURES / "v1_workspace" / CKPT / "step-00000008" / "trainer_state.json").read_text()
     )
     split = (old_state["config"]["train"]["seed"], old_state["config"]["data"]["val_fraction"])
-    assert seen_file["format_version"] == 2
+    assert seen_file["format_version"] == 3
+    # its shards have no per-document sidecar: their documents came from the token stream
+    # (split at EOS), and the ledger the finished run wrote lists them
+    assert state.ledger and sum(s["count"] for s in state.ledger) > 0
     for record in list(seen_file["shards"].values()) + list(state.seen.values()):
         assert (record["val_seed"], record["val_fraction"]) == split
     runs = [json.loads(line) for line in (CKPT / "runs.jsonl").read_text().splitlines()]

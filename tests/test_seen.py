@@ -38,7 +38,7 @@ def test_round_trip_is_the_design_format(path: Path) -> None:
     m = SeenMap({B: rec(9), A: rec(4)})
     save_seen(path, m)
     data = json.loads(path.read_text())
-    assert data["format_version"] == 2
+    assert data["format_version"] == 3
     assert list(data["shards"]) == [A, B]  # training order
     assert data["shards"][A] == {
         "files": {"bin": "x.cached.16.20240701_000000.bin"}, "rows": 3, "tokens": 41, "step": 4,

@@ -30,7 +30,7 @@ out every row containing one would hold out most of a line-mode corpus.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -80,14 +80,7 @@ class RowFilter:
     dedup_rows: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "not_trained": self.not_trained,
-            "val_dropped": self.val_dropped,
-            "skipped_rows": self.skipped_rows,
-            "skipped_tokens": self.skipped_tokens,
-            "held_out_rows": self.held_out_rows,
-            "dedup_rows": self.dedup_rows,
-        }
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> RowFilter:

@@ -82,6 +82,10 @@ SHARD_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 _log = logging.getLogger("allllm")
 
 ShardId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+#: a record's optional fields of the row filter (data/row_filter.py), stored only when set
+ROW_FILTER_KEYS = (
+    "not_trained", "val_dropped", "skipped_rows", "skipped_tokens", "held_out_rows", "dedup_rows",
+)  # fmt: skip
 RowRange = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=2, max_length=2)]
 Warn = Callable[[str], None]
 
@@ -119,20 +123,12 @@ class SeenRecord(BaseModel):
     @property
     def row_filter(self) -> dict[str, Any]:
         """The stored row filter (``RowFilter.from_dict`` reads it)."""
-        return {
-            "not_trained": self.not_trained,
-            "val_dropped": self.val_dropped,
-            "skipped_rows": self.skipped_rows,
-            "skipped_tokens": self.skipped_tokens,
-            "held_out_rows": self.held_out_rows,
-            "dedup_rows": self.dedup_rows,
-        }
+        return {key: getattr(self, key) for key in ROW_FILTER_KEYS}
 
     def to_json(self) -> dict[str, Any]:
         """The record as stored: the optional row-filter fields only when they say something."""
         out = self.model_dump(mode="json")
-        for key in ("not_trained", "val_dropped", "skipped_rows", "skipped_tokens",
-                    "held_out_rows", "dedup_rows"):  # fmt: skip
+        for key in ROW_FILTER_KEYS:
             if not out[key]:
                 del out[key]
         return out

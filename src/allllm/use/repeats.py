@@ -53,8 +53,10 @@ def repeat_counts(
     """
     if not refs or not entries:
         return {}
+    import numpy as np
+
     from allllm.data.ledger import check_segments
-    from allllm.train.ledger_sync import documents_of, ledger_dir, ledger_view, open_ledger
+    from allllm.train.ledger_sync import documents_of, ledger_dir, open_ledger
 
     ledger = open_ledger(cfg, refs)
     assert ledger is not None
@@ -74,26 +76,39 @@ def repeat_counts(
             todo.append(entry)
     if not todo:
         return out
-    from allllm.data.row_filter import ShardRows, classify
+    from allllm.data.row_filter import DocLayout, ShardRows, classify
 
-    view, docs = ledger_view(ledger), documents_of(cfg.data_dir)
+    docs = documents_of(cfg.data_dir)
+    shards = []
     for entry in todo:
         sid = entry.shard_id or ""
         shard = ShardRows(
             sid, entry.n_rows or 0, entry.seq_len or 0, entry.last_row_len or 0,
             splits[sid], docs(entry),
         )  # fmt: skip
-        if shard.docs is None:
-            counts = {"repeat_rows": 0, "repeat_tokens": 0, "held_out_rows": 0}
-        else:
-            rec = classify([shard], view, dedup=False)[0].record
+        shards.append((shard, DocLayout.of(shard) if shard.docs is not None else None))
+    # one pass over the ledger for every shard (a lookup reads the whole ledger once)
+    parts = [(s.docs["hi"][lay.index], s.docs["lo"][lay.index]) for s, lay in shards if lay]
+    found = ledger.lookup(
+        np.concatenate([p[0] for p in parts] or [np.zeros(0, np.uint64)]),
+        np.concatenate([p[1] for p in parts] or [np.zeros(0, np.uint64)]),
+    )
+    at = 0
+    for shard, lay in shards:
+        counts = {"repeat_rows": 0, "repeat_tokens": 0, "held_out_rows": 0}
+        if lay is not None:
+            n = lay.index.size
+            trained, held = found.trained[at : at + n], found.held_out[at : at + n]
+            at += n
+            known = (trained, held)
+            rec = classify([shard], lambda _h, _l, k=known: k, dedup=False)[0].record
             counts = {
                 "repeat_rows": rec.skipped_rows,
                 "repeat_tokens": rec.skipped_tokens,
                 "held_out_rows": rec.held_out_rows,
             }
-        out[sid] = counts
-        cached[sid] = {**counts, "split": list(splits[sid])}
+        out[shard.shard_id] = counts
+        cached[shard.shard_id] = {**counts, "split": list(shard.split)}
     try:
         body = {"format_version": CACHE_VERSION, "ledger": ledger.version, "shards": cached}
         atomic_write_text(cache_path, json.dumps(body) + "\n")

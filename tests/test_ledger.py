@@ -17,6 +17,7 @@ from allllm.data import ledger as ledger_mod
 from allllm.data.ledger import (
     KIND_HELD_OUT,
     KIND_TRAINED,
+    LEDGER_DIR,
     LEDGER_FORMAT,
     RECORD_DTYPE,
     Ledger,
@@ -461,3 +462,31 @@ def test_a_killed_write_leaves_a_whole_segment_or_a_temporary(tmp_path: Path, po
     rerun = subprocess.run([sys.executable, "-c", _KILLED, str(tmp_path)], capture_output=True)
     assert rerun.returncode == 0
     assert all(p.name.startswith("seg-") for p in tmp_path.iterdir())
+
+
+def test_the_trainer_merges_once_more_than_eight_segments_are_listed(tmp_path: Path) -> None:
+    """``ledger_sync.after_run``: a run's segment joins the list, the tiered merge keeps it short,
+    and the merged ledger answers as the separate segments did."""
+    from types import SimpleNamespace
+
+    from allllm.train.ledger_sync import after_run
+
+    cfg = SimpleNamespace(checkpoint_path=tmp_path)
+    rng = np.random.default_rng(5)
+    refs: list[dict] = []
+    everything = []
+    for run in range(12):
+        hi = rng.integers(0, 2**63, 50, dtype=np.uint64)
+        lo = rng.integers(0, 2**63, 50, dtype=np.uint64)
+        everything.append((hi, lo))
+        seg = write_segment(
+            tmp_path / LEDGER_DIR, hi, lo, np.full(50, KIND_TRAINED, np.uint32), run
+        )
+        refs = after_run(cfg, refs, seg)  # type: ignore[arg-type]
+        assert len(refs) <= 8
+    ledger = Ledger(tmp_path / LEDGER_DIR, [SegmentRef.from_dict(r, "test") for r in refs])
+    hi = np.concatenate([h for h, _ in everything])
+    lo = np.concatenate([x for _, x in everything])
+    found = ledger.lookup(hi, lo)
+    assert found.trained.all()
+    assert found.step.tolist() == [run for run in range(12) for _ in range(50)]

@@ -303,3 +303,27 @@ def test_a_dry_run_with_nothing_to_train_builds_no_model(
     result, reporter = _train(only_new=True, dry_run=True)
     assert result.status == "dry-run" and result.plan["new"] is None  # type: ignore[attr-defined]
     assert any("nothing new to train" in m for m in reporter.messages)
+
+
+# -- train.keep_run_checkpoints -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("keep_runs", [2, "all"])
+def test_the_end_of_each_run_is_kept_beside_the_rotating_checkpoints(
+    ws: Path, keep_runs: int | str
+) -> None:
+    _edit(ws, "train", keep_checkpoints=1, keep_run_checkpoints=keep_runs)
+    tokenize(load_config(model="micro"))
+    ends = []
+    for i in range(3):
+        if i:
+            _new_shard(ws, f"more{i}.txt", seed=20 + i, words=400)
+        result, _ = _train(only_new=True)
+        ends.append(result.step)  # type: ignore[attr-defined]
+    on_disk = [r.step for r in list_checkpoints(CKPT) if r.complete]
+    expected = ends if keep_runs == "all" else ends[-2:]
+    assert on_disk == expected  # rotation kept one (the newest, also a run's end) and these
+    # going back to "after run 1" works whenever it was kept
+    if keep_runs == "all":
+        ref = next(r for r in list_checkpoints(CKPT) if r.step == ends[0])
+        assert ref.read_state().run_complete

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -288,6 +288,8 @@ class TrainConfig(_Strict):
     seed: int = Field(default=1337, ge=0, le=2**63 - 1)
     checkpoint_every: int = Field(default=500, ge=1)
     keep_checkpoints: int = Field(default=3, ge=1)
+    # each run's final checkpoint kept beside the rotating ones: the last N runs', or "all"
+    keep_run_checkpoints: Annotated[int, Field(ge=0)] | Literal["all"] = 0
     eval_every: int = Field(default=500, ge=0)
     replay_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
     max_steps: int | None = Field(default=None, ge=1)

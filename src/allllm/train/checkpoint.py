@@ -242,11 +242,31 @@ def clean_temporaries(directory: Path) -> None:
             shutil.rmtree(entry.path, ignore_errors=True)
 
 
+def run_end_steps(refs: list[CheckpointRef]) -> list[int]:
+    """Steps of the complete checkpoints that end a run (``run_complete``), oldest first."""
+    steps = []
+    for ref in refs:
+        try:
+            data = json.loads((ref.path / STATE_FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # unreadable: rotation treats it as any other checkpoint
+        if isinstance(data, dict) and data.get("run_complete") is True:
+            steps.append(ref.step)
+    return steps
+
+
 def rotate_checkpoints(
-    directory: Path, keep: int, protect: set[int], warn: Warn | None = None
+    directory: Path,
+    keep: int,
+    protect: set[int],
+    warn: Warn | None = None,
+    *,
+    keep_runs: int | str = 0,
 ) -> list[int]:
     """Delete complete checkpoints beyond the newest ``keep`` (never those in ``protect``).
 
+    ``keep_runs`` (``train.keep_run_checkpoints``): the final checkpoints of the last N runs
+    ("all": of every run) are kept too, so a user can go back to "after run k".
     Incomplete directories older than the newest complete checkpoint are removed too.
     Returns the deleted steps.
     """
@@ -256,6 +276,9 @@ def rotate_checkpoints(
         return []
     newest = complete[-1].step
     keep_steps = {r.step for r in complete[-max(1, keep) :]} | protect | {newest}
+    if keep_runs == "all" or (isinstance(keep_runs, int) and keep_runs > 0):
+        ends = run_end_steps(complete)
+        keep_steps |= set(ends if keep_runs == "all" else ends[-int(keep_runs) :])
     deleted = []
     for ref in refs:
         if ref.step in keep_steps:

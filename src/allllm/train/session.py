@@ -327,7 +327,11 @@ class Session:
         self.reporter.checkpoint_saved(str(ref.path), state.step)
         protect = {plan.start_step} if not complete else set()
         ckpt_io.rotate_checkpoints(
-            self.ckpt_dir, self.cfg.train.keep_checkpoints, protect, warn=self.reporter.warn
+            self.ckpt_dir,
+            self.cfg.train.keep_checkpoints,
+            protect,
+            warn=self.reporter.warn,
+            keep_runs=self.cfg.train.keep_run_checkpoints,
         )
         if complete:
             clean_ledger(self.cfg, state.ledger or [])

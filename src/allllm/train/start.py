@@ -118,6 +118,7 @@ def training_differences(run_train: dict[str, Any], current: TrainConfig) -> lis
         "max_time",
         "checkpoint_every",
         "keep_checkpoints",
+        "keep_run_checkpoints",
         "eval_every",
         "tensorboard",
         "wandb",

@@ -326,13 +326,11 @@ class Session:
         self.result.checkpoint = str(ref.path)
         self.reporter.checkpoint_saved(str(ref.path), state.step)
         protect = {plan.start_step} if not complete else set()
+        keep = self.cfg.train
         ckpt_io.rotate_checkpoints(
-            self.ckpt_dir,
-            self.cfg.train.keep_checkpoints,
-            protect,
-            warn=self.reporter.warn,
-            keep_runs=self.cfg.train.keep_run_checkpoints,
-        )
+            self.ckpt_dir, keep.keep_checkpoints, protect, self.reporter.warn,
+            keep_runs=keep.keep_run_checkpoints,
+        )  # fmt: skip
         if complete:
             clean_ledger(self.cfg, state.ledger or [])
             write_records(self.ckpt_dir, state.seen, state.run_summary)

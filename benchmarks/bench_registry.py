@@ -42,7 +42,7 @@ def make_shards(data_dir: Path, n: int) -> SeenMap:
         if i % 2:
             records[shard.shard_id] = SeenRecord(
                 files={"bin": shard.files["bin"].name}, rows=1, tokens=4, step=i, run_id="r",
-                completed="2024-07-01T12:00:00Z",
+                completed="2024-07-01T12:00:00Z", val_seed=1, val_fraction=0.01,
             )  # fmt: skip
     return SeenMap(records)
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _machine import machine_description
+from _machine import machine_description, median_time
 from allllm.data.ledger import (
     KIND_HELD_OUT,
     KIND_TRAINED,
@@ -99,15 +98,6 @@ def queries(sample: dict, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, in
     shuffle = rng.permutation(n)
     trained = int((sample["kind"][pick] == KIND_TRAINED).sum())
     return hi[shuffle], lo[shuffle], k, trained
-
-
-def median_time(fn, runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def maxrss_mb() -> float:

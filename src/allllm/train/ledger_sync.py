@@ -47,7 +47,7 @@ from allllm.data.registry import ScanResult, ShardEntry
 from allllm.data.row_filter import RowFilter, ShardRows, effective_rows, run_documents
 from allllm.errors import CheckpointError
 from allllm.train.checkpoint import STATE_FILE, list_checkpoints
-from allllm.train.planning import NO_LEDGER, DocsOf, LedgerView, split_for, stored_filter
+from allllm.train.planning import NO_LEDGER, DocsOf, LedgerView, shard_rows, stored_filter
 from allllm.train.run_plan import RunPlan
 
 Warn = Callable[[str], None]
@@ -129,10 +129,7 @@ def run_segment(cfg: Config, plan: RunPlan, scan: ScanResult, step: int) -> Segm
         entry = by_id.get(sid)
         if entry is None:
             continue  # the plan opened it a moment ago; a vanished shard records nothing
-        shard = ShardRows(
-            sid, entry.n_rows or 0, entry.seq_len or 0, entry.last_row_len or 0,
-            plan.split_of(sid), docs(entry),
-        )  # fmt: skip
+        shard = shard_rows(entry, cfg, docs, plan.split_of(sid))
         train_rows, val_rows = effective_rows(
             shard.split, sid, shard.n_rows, RowFilter.from_dict(plan.row_filters.get(sid))
         )
@@ -185,10 +182,7 @@ def rebuild_from_seen(
     for sid, entry in sorted(present.items()):
         record = entry.record
         assert record is not None
-        shard = ShardRows(
-            sid, entry.n_rows or 0, entry.seq_len or 0, entry.last_row_len or 0,
-            split_for(entry, cfg), docs(entry),
-        )  # fmt: skip
+        shard = shard_rows(entry, cfg, docs)
         train_rows, val_rows = effective_rows(shard.split, sid, shard.n_rows, stored_filter(entry))
         hi, lo, kind = _digests(shard, train_rows, val_rows)
         parts.append((hi, lo, kind, np.full(hi.size, record.step, np.uint32)))

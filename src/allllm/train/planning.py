@@ -105,14 +105,17 @@ def _training_rows(entry: ShardEntry, split: tuple[int, float]) -> np.ndarray:
     return effective_rows(split, entry.shard_id or "", entry.n_rows or 0, stored_filter(entry))[0]
 
 
-def shard_rows(entry: ShardEntry, cfg: Config, docs: DocsOf) -> ShardRows:
-    """What the row filter needs of ``entry`` (its documents from ``docs``)."""
+def shard_rows(
+    entry: ShardEntry, cfg: Config, docs: DocsOf, split: tuple[int, float] | None = None
+) -> ShardRows:
+    """What the row filter needs of ``entry`` (its documents from ``docs``; its split
+    ``split``, by default the one it is planned with: :func:`split_for`)."""
     return ShardRows(
         shard_id=entry.shard_id or "",
         n_rows=entry.n_rows or 0,
         seq_len=entry.seq_len or cfg.data.seq_len,
         last_row_len=entry.last_row_len or 0,
-        split=split_for(entry, cfg),
+        split=split or split_for(entry, cfg),
         docs=docs(entry),
     )
 

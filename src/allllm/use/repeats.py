@@ -76,16 +76,13 @@ def repeat_counts(
             todo.append(entry)
     if not todo:
         return out
-    from allllm.data.row_filter import DocLayout, ShardRows, classify
+    from allllm.data.row_filter import DocLayout, classify
+    from allllm.train.planning import shard_rows
 
     docs = documents_of(cfg.data_dir)
     shards = []
     for entry in todo:
-        sid = entry.shard_id or ""
-        shard = ShardRows(
-            sid, entry.n_rows or 0, entry.seq_len or 0, entry.last_row_len or 0,
-            splits[sid], docs(entry),
-        )  # fmt: skip
+        shard = shard_rows(entry, cfg, docs, splits[entry.shard_id or ""])
         shards.append((shard, DocLayout.of(shard) if shard.docs is not None else None))
     # one pass over the ledger for every shard (a lookup reads the whole ledger once)
     parts = [(s.docs["hi"][lay.index], s.docs["lo"][lay.index]) for s, lay in shards if lay]

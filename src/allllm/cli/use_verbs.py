@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -141,11 +141,26 @@ def eval_cmd(
     trust_unverified: Annotated[
         bool, typer.Option("--trust-unverified", help="Validate and use shards without meta.")
     ] = False,
+    by_run: Annotated[
+        bool,
+        typer.Option(
+            "--by-run",
+            help="The forgetting matrix's row: loss on each completed run's frozen subset.",
+        ),
+    ] = False,
+    all_checkpoints: Annotated[
+        bool,
+        typer.Option(
+            "--all-checkpoints",
+            help="With --by-run: fill in the row of every kept checkpoint that has none.",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Loss and perplexity of the trained model on rows it never trained on.
 
     Default: the validation rows of every shard the checkpoint has seen, plus data.eval_shards.
+    --by-run: the forgetting matrix (model after run j x held-out text of run i).
     Example: allllm eval --model tiny --json
     """
     from allllm.cli.views.eval import RichEvalProgress, render_eval
@@ -153,7 +168,16 @@ def eval_cmd(
     from allllm.use.evaluate import evaluate_model
     from allllm.use.trained import load_trained
 
+    if all_checkpoints and not by_run:
+        raise typer.BadParameter("needs --by-run", param_hint="--all-checkpoints")
+    if by_run and shards is not None:
+        raise typer.BadParameter("--by-run evaluates the frozen subsets", param_hint="--shards")
+    if all_checkpoints and step is not None:
+        raise typer.BadParameter("evaluates every checkpoint", param_hint="--step")
     cfg = load_config(model, config)
+    if by_run:
+        _eval_by_run(cfg, step, all_checkpoints, device, trust_unverified, as_json)
+        return
     trained = load_trained(cfg, step, device=device, warn=_warn_to_stderr)
     result = evaluate_model(
         trained,
@@ -166,6 +190,27 @@ def eval_cmd(
         print_json(result.to_dict())
     else:
         render_eval(result, make_console())
+
+
+def _eval_by_run(
+    cfg: Any, step: int | None, all_checkpoints: bool, device: str | None, trust: bool, js: bool
+) -> None:
+    from allllm.cli.views.eval import RichEvalProgress, render_matrix
+    from allllm.use.forgetting_eval import evaluate_by_run
+
+    result = evaluate_by_run(
+        cfg,
+        step,
+        all_checkpoints=all_checkpoints,
+        device=device,
+        progress=RichEvalProgress(make_console(stderr=True)),
+        warn=_warn_to_stderr,
+        trust_unverified=trust,
+    )
+    if js:
+        print_json(result.to_dict())
+    else:
+        render_matrix(result.matrix, make_console(), evaluated=result.appended)
 
 
 @app.command("export")
@@ -211,17 +256,50 @@ def export_cmd(
 def plot_cmd(
     model: ModelOpt = None,
     config: ConfigOpt = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")] = Path("loss.png"),
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="PNG file to write (loss.png, forgetting.png)."),
+    ] = None,
+    forgetting: Annotated[
+        bool,
+        typer.Option(
+            "--forgetting", help="Draw the forgetting matrix (heatmap and per-run curves)."
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Plot training and validation loss against tokens seen, one band per run (needs matplotlib).
 
+    --forgetting draws the matrix of evals.jsonl instead.
     Example: allllm plot --model tiny --out loss.png
     """
     from allllm.config import load_config
-    from allllm.use.plot import plot_losses
 
     cfg = load_config(model, config)
-    path, curves = plot_losses(cfg.checkpoint_path, out, name=cfg.name or "model")
+    name = cfg.name or "model"
+    if forgetting:
+        from allllm.use.forgetting_plot import plot_forgetting
+
+        path, matrix = plot_forgetting(
+            cfg.checkpoint_path, out or Path("forgetting.png"), name=name
+        )
+        if as_json:
+            print_json({"path": str(path), "matrix": matrix.to_dict()})
+            return
+        make_console().print(
+            f"wrote {path}: forgetting matrix of {len(matrix.rows)} row(s) × "
+            f"{len([r for r in matrix.runs if r.rows])} run(s)"
+        )
+        return
+    from allllm.use.plot import plot_losses
+
+    path, curves = plot_losses(cfg.checkpoint_path, out or Path("loss.png"), name=name)
+    if as_json:
+        print_json(
+            {"path": str(path), "steps": len(curves.loss), "val_points": len(curves.val_loss),
+             "runs": len(curves.runs)}
+        )  # fmt: skip
+        return
     make_console().print(
         f"wrote {path}: {len(curves.loss)} steps, {len(curves.val_loss)} validation points, "
         f"{len(curves.runs)} run(s)"

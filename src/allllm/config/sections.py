@@ -209,6 +209,8 @@ class DataConfig(_Strict):
     eval_shards: str | None = None
     # exact duplicate documents inside one run train once (row_filter.py; docs/design.md)
     dedup: bool = True
+    # glob of shard metas (anywhere in the workspace) mixed into every run as anchor replay
+    anchor: str | None = None
 
     @field_validator("formats")
     @classmethod
@@ -292,6 +294,10 @@ class TrainConfig(_Strict):
     keep_run_checkpoints: Annotated[int, Field(ge=0)] | Literal["all"] = 0
     eval_every: int = Field(default=500, ge=0)
     replay_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # share of each run's rows drawn from data.anchor shards (replay_fraction + this < 1)
+    anchor_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # tokens of each run's validation rows frozen for the forgetting matrix (0: no matrix)
+    forgetting_eval_tokens: int = Field(default=65536, ge=0)
     max_steps: int | None = Field(default=None, ge=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_time: float | None = None
@@ -330,6 +336,12 @@ class TrainConfig(_Strict):
             )
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr {self.min_lr} is above lr {self.lr}")
+        if self.replay_fraction + self.anchor_fraction >= 1.0:
+            raise ValueError(
+                f"replay_fraction {self.replay_fraction} + anchor_fraction "
+                f"{self.anchor_fraction} must be below 1 (they are shares of each run's rows; "
+                "the rest is new data)"
+            )
         return self
 
 

@@ -360,4 +360,6 @@ def checkpoint_summary(directory: Path, warn: Warn | None = None) -> dict[str, A
         "legacy_split": state.split_for_legacy_records(),
         "pending_splits": splits,
         "ledger": state.ledger,  # its document ledger's segments (None: not built yet)
+        "eval_subsets": state.eval_subsets,  # the forgetting matrix's columns
+        "anchor": state.anchor,  # the anchor pool (None: nothing drawn yet)
     }

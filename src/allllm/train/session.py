@@ -27,20 +27,13 @@ import torch
 from allllm.config import Config, TrainConfig
 from allllm.errors import TrainingError
 from allllm.train import checkpoint as ckpt_io
-from allllm.train.distributed import (
-    DistInfo,
-    env_dist_info,
-    process_group,
-    run_on_rank0,
-)
+from allllm.train.distributed import DistInfo, env_dist_info, process_group, run_on_rank0
 from allllm.train.ledger_sync import (
-    after_run,
     clean_ledger,
     documents_of,
     ensure_ledger,
     ledger_view,
     open_ledger,
-    run_segment,
 )
 from allllm.train.lock import rank0_lock
 from allllm.train.loop import Bounds, LoopContext, train_run
@@ -50,8 +43,9 @@ from allllm.train.options import QuietReporter, Reporter, TrainOptions, TrainRes
 from allllm.train.parallelize import parallelize
 from allllm.train.planning import choose_new_run, nothing_left, scan_for
 from allllm.train.precision import Precision, pick_device, resolve_precision
-from allllm.train.records import run_summary, seen_records_after, write_records
+from allllm.train.records import run_summary, write_records
 from allllm.train.run_data import open_plan_data
+from allllm.train.run_end import close_run, forgetting_row, missing_row
 from allllm.train.run_plan import RunPlan
 from allllm.train.signals import StopFlag, stop_signals
 from allllm.train.start import (
@@ -185,6 +179,8 @@ class Session:
         )
         if start.state is not None:
             self._restore_rng()
+            if not opts.dry_run and run_on_rank0(info, lambda: missing_row(cfg, self.state)):
+                self._matrix_row()  # a kill after the run's checkpoint left its row out
         try:
             if opts.dry_run:
                 from allllm.train.estimate import dry_run_report
@@ -299,20 +295,13 @@ class Session:
             return
         if ctx.scaler.is_enabled():
             osd["grad_scaler"] = ctx.scaler.state_dict()
-        seen_before, ledger_before = state.seen, state.ledger
+        before = state.seen, state.ledger, state.eval_subsets
         state.created = utc_iso()
         state.run_summary = None
         try:
             if complete:
-                # the run's documents enter the ledger the checkpoint lists (a kill before
-                # the checkpoint leaves an unlisted segment: removed at the next start)
-                scan = scan_for(self.cfg, self.ident, seen_before, self.opts)
-                segment = run_segment(self.cfg, plan, scan, state.step)
-                state.ledger = after_run(self.cfg, state.ledger or [], segment)
-                state.seen = seen_records_after(plan, seen_before, state.step, state.created)
-                state.run_summary = run_summary(
-                    plan, state.step, state.last_loss, state.last_val_loss
-                )
+                budget = self.cfg.train.forgetting_eval_tokens
+                close_run(self.cfg, self.opts, self.ident, state, plan, budget)
             ref = ckpt_io.save_checkpoint(
                 self.ckpt_dir,
                 state.step,
@@ -321,7 +310,7 @@ class Session:
                 train_state=state,
             )
         except BaseException:
-            state.seen, state.ledger = seen_before, ledger_before  # the run is not durable
+            state.seen, state.ledger, state.eval_subsets = before  # the run is not durable
             raise
         self.result.checkpoint = str(ref.path)
         self.reporter.checkpoint_saved(str(ref.path), state.step)
@@ -334,6 +323,14 @@ class Session:
         if complete:
             clean_ledger(self.cfg, state.ledger or [])
             write_records(self.ckpt_dir, state.seen, state.run_summary)
+
+    def _matrix_row(self) -> dict[str, Any] | None:
+        """The forgetting matrix's row for the checkpoint just written (collective)."""
+        assert self.ctx is not None
+        budget = self.cfg.train.forgetting_eval_tokens
+        return forgetting_row(
+            self.ctx, self.cfg, self.opts, self.ident, budget, self.reporter.message
+        )
 
     # -- one run ------------------------------------------------------------------------------
     def _train_plan(
@@ -395,6 +392,7 @@ class Session:
         state = self.state
         summary = run_summary(plan, state.step, state.last_loss, state.last_val_loss)
         summary["seconds"] = time.monotonic() - started
+        summary["forgetting"] = self._matrix_row()
         self.result.runs.append(summary)
         self.reporter.run_finished(summary)
         return True

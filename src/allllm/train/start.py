@@ -119,6 +119,7 @@ def training_differences(run_train: dict[str, Any], current: TrainConfig) -> lis
         "checkpoint_every",
         "keep_checkpoints",
         "keep_run_checkpoints",
+        "forgetting_eval_tokens",
         "eval_every",
         "tensorboard",
         "wandb",

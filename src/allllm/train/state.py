@@ -9,12 +9,16 @@ it back with :meth:`TrainState.from_state_dict`, which migrates older formats
 and refuses newer ones (:mod:`allllm.util.versions`). Plain data: reading a
 state imports neither torch nor numpy (``status`` reads checkpoints too).
 
-Format 3 — ``trainer_state.json``::
+Format 4 — ``trainer_state.json``::
 
     format_version, step, tokens_seen, run_id, run_complete, run (the RunPlan),
     run_summary (the runs.jsonl line, once complete), rng [per rank], world_size,
     config (snapshot), tokenizer_fingerprint, seen {shard_id: record}, created,
-    last {loss, val_loss}, ledger [{name, sha256, count}] (the document ledger's segments)
+    last {loss, val_loss}, ledger [{name, sha256, count}] (the document ledger's segments),
+    eval_subsets [{run, run_id, step, shards {shard_id: [rows]}, rows}] (each completed run's
+    frozen forgetting subset), anchor (the anchor pool: data/anchor_pool.py; null: never drawn)
+
+Format 3 had no ``eval_subsets`` (runs before have no frozen subset) and no ``anchor``.
 
 Format 2 had no ``ledger`` (it is built from the seen shards at the next start).
 
@@ -73,10 +77,20 @@ def _unbuilt_ledger(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _no_subsets(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 → 4: no frozen forgetting subsets (runs before have no matrix column) and no
+    anchor pool drawn yet."""
+    data.setdefault("eval_subsets", [])
+    data.setdefault("anchor", None)
+    return data
+
+
 #: trainer_state.json: version 2 stores each seen record's validation split; version 3 lists
-#: the document ledger's segments
+#: the document ledger's segments; version 4 the forgetting subsets and the anchor pool
 STATE_FORMAT = FileFormat(
-    "trainer state", current=3, migrations={1: _pin_seen_splits, 2: _unbuilt_ledger}
+    "trainer state",
+    current=4,
+    migrations={1: _pin_seen_splits, 2: _unbuilt_ledger, 3: _no_subsets},
 )
 STATE_FORMAT_VERSION = STATE_FORMAT.current
 
@@ -100,6 +114,10 @@ class TrainState:
     # the document ledger's segments ({name, sha256, count}; data/ledger.py) as of this
     # checkpoint; None: a state of an allllm before the ledger (built from the seen shards)
     ledger: list[dict[str, Any]] | None = None
+    # each completed run's frozen forgetting subset (train/forgetting.py), oldest first
+    eval_subsets: list[dict[str, Any]] = field(default_factory=list)
+    # the anchor pool (data/anchor_pool.py AnchorPool.to_dict()); None: nothing drawn yet
+    anchor: dict[str, Any] | None = None
 
     @property
     def run_complete(self) -> bool:
@@ -135,6 +153,8 @@ class TrainState:
             "created": self.created,
             "last": {"loss": self.last_loss, "val_loss": self.last_val_loss},
             "ledger": self.ledger,
+            "eval_subsets": self.eval_subsets,
+            "anchor": self.anchor,
         }
 
     def load_state_dict(self, data: Any, where: str = "trainer_state.json") -> None:
@@ -166,6 +186,14 @@ class TrainState:
             if ledger is not None and not isinstance(ledger, list):
                 raise ValueError("ledger is not a list")
             self.ledger = None if ledger is None else [dict(x) for x in ledger]
+            subsets = data.get("eval_subsets") or []
+            if not isinstance(subsets, list):
+                raise ValueError("eval_subsets is not a list")
+            self.eval_subsets = [dict(x) for x in subsets]
+            anchor = data.get("anchor")
+            if anchor is not None and not isinstance(anchor, dict):
+                raise ValueError("anchor is not an object")
+            self.anchor = anchor
         except (KeyError, TypeError, ValueError, AttributeError, DataError) as exc:
             raise CheckpointError(f"{where}: malformed trainer state ({exc})") from None
 

@@ -29,6 +29,9 @@ Report keys (all always present):
 - ``checkpoint``: null or the ``checkpoint`` argument without its ``seen`` map (``step``,
   ``tokens_seen``, ``path``, ``time``, ``pending_run`` {``run_id``, ``shards``, ``steps_done``,
   ``steps_total``})
+- ``forgetting``: null or the forgetting matrix's latest row (``use/forgetting.py``
+  ``latest_row``: ``after_run``, ``step``, ``runs`` [{``run``, ``run_id``, ``loss``,
+  ``loss_after_run``, ``change``}], ``eval_shards`` null | {``loss``, ``loss_first``, ``change``})
 - ``journaled``: stems a tokenize is writing or left after a crash
 - ``notes``: plain sentences (no data dir, no checkpoints yet, tokenizer unverified, ...)
 """
@@ -279,6 +282,7 @@ def build_status(
         "shards": shards,
         "totals": _totals(shards, entries),
         "checkpoint": None,
+        "forgetting": None,
         "journaled": result.journaled,
         "notes": notes,
     }
@@ -290,9 +294,20 @@ def build_status(
     if checkpoint is None:
         notes.append(f"no checkpoints yet in {ckpt_dir}")
     else:
-        hidden = ("seen", "legacy_split", "pending_splits", "ledger")
+        hidden = ("seen", "legacy_split", "pending_splits", "ledger", "eval_subsets", "anchor")
         report["checkpoint"] = {k: v for k, v in checkpoint.items() if k not in hidden}
+    report["forgetting"] = _forgetting(cfg, checkpoint)
     return report
+
+
+def _forgetting(cfg: Config, checkpoint: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The stored matrix's latest row (read from evals.jsonl; nothing is evaluated)."""
+    from allllm.use.forgetting import build_matrix, latest_row, read_rows
+
+    subsets = (checkpoint or {}).get("eval_subsets") or []
+    if not subsets:
+        return None
+    return latest_row(build_matrix(subsets, read_rows(cfg.checkpoint_path)))
 
 
 def build_provenance(

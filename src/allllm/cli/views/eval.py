@@ -5,6 +5,8 @@ Kept out of :mod:`allllm.use.evaluate` so evaluation runs headless (tests, scrip
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -87,3 +89,31 @@ def render_eval(result: EvalResult, console: Console) -> None:
         soft_wrap=soft,
     )
     console.print(f"[dim]checkpoint {escape(result.checkpoint)}[/dim]", soft_wrap=soft)
+
+
+def render_matrix(matrix: dict[str, Any], console: Console, *, evaluated: list[int]) -> None:
+    """The forgetting matrix: one line per "after run j", the loss on each run i's data."""
+    runs = [r["run"] for r in matrix["runs"] if r["rows"]]
+    has_eval = any(row.get("eval_loss") is not None for row in matrix["rows"])
+    cols = [Col("after run"), Col("step", numeric=True)]
+    cols += [Col(f"run {i}", numeric=True) for i in runs]
+    if has_eval:
+        cols.append(Col("eval", numeric=True))
+    rows = []
+    for row in matrix["rows"]:
+        cells = [str(row["after_run"]), f"{row['step']:,}"]
+        cells += [f"{row['loss'][str(i)]:.4f}" if str(i) in row["loss"] else "" for i in runs]
+        if has_eval:
+            cells.append("" if row.get("eval_loss") is None else f"{row['eval_loss']:.4f}")
+        rows.append(cells)
+    if rows:
+        console.print(
+            "loss of the model after run j (rows) on the held-out text of run i (columns)"
+        )
+        console.print(fit_table(console.width, cols, rows, show_edge=False, header_style="bold"))
+    else:
+        console.print("the forgetting matrix has no row of a completed run yet")
+    if evaluated:
+        console.print(
+            f"evaluated step(s) {', '.join(map(str, evaluated))} (appended to evals.jsonl)"
+        )

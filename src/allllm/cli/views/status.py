@@ -113,6 +113,30 @@ def _checkpoint_line(ckpt: dict[str, Any] | None) -> str:
     return line
 
 
+def _change(value: float | None) -> str:
+    if value is None:
+        return ""
+    style = "red" if value > 0.005 else ("green" if value < -0.005 else "dim")
+    return f" [{style}]({value:+.3f})[/{style}]"
+
+
+def forgetting_line(row: dict[str, Any]) -> str:
+    """The forgetting matrix's latest row: each earlier run's loss now (change since right
+    after it was trained), and the eval shards' (change since the first row)."""
+    parts = [
+        f"run {c['run']} {c['loss']:.3f}"
+        + ("" if c["run"] == row["after_run"] else _change(c["change"]))
+        for c in row["runs"]
+    ]
+    ev = row.get("eval_shards")
+    if ev:
+        parts.append(f"eval shards {ev['loss']:.3f}" + _change(ev["change"]))
+    return (
+        f"forgetting (loss after run {row['after_run']}, step {row['step']}; change since "
+        "trained): " + ", ".join(parts)
+    )
+
+
 def render_status(report: dict[str, Any], console: Console, *, max_rows: int | None = None) -> None:
     """Print the report: a header, the shard table, totals, the latest checkpoint and notes.
 
@@ -149,6 +173,8 @@ def render_status(report: dict[str, Any], console: Console, *, max_rows: int | N
             console.print(f"... {len(shards) - len(shown)} more shard(s) (--json lists all)")
     console.print(_totals_line(report["totals"]))
     console.print(_checkpoint_line(report["checkpoint"]))
+    if report.get("forgetting"):
+        console.print(forgetting_line(report["forgetting"]), soft_wrap=True)
     for note in report["notes"]:
         console.print(f"[yellow]note:[/yellow] {escape(note)}")
 

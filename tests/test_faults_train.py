@@ -19,6 +19,7 @@ import pytest
 
 from allllm.data.ledger import SegmentRef, check_segments
 from allllm.train.checkpoint import check_files, latest_checkpoint, list_checkpoints
+from allllm.train.evals_log import read_rows
 from train_helpers import add_raw, cli, make_workspace, same_weights, seen, weights
 
 pytestmark = pytest.mark.slow
@@ -85,6 +86,14 @@ def _ledger_names(root: Path) -> set[str]:
     return {s["name"] for s in ref.read_state().ledger or []}
 
 
+def _matrix(root: Path) -> list[tuple[int, int, list[tuple[int, float]]]]:
+    """The forgetting matrix's rows (a row a kill prevented is filled in at the next start)."""
+    return [
+        (r["step"], r["after_run"], [(c["run"], c["loss"]) for c in r["cells"]])
+        for r in read_rows(root / "checkpoints/micro")
+    ]
+
+
 def _scenario(root: Path, faults_1: list[str], faults_2: list[str], log: list[str]) -> None:
     cli(root, "tokenize", "--model", "micro", "--quiet")
     _train_until_done(root, faults_1, log)
@@ -120,6 +129,7 @@ def test_sigkill_at_many_points(tmp_path: Path, reference: Path) -> None:
     _check_no_broken_checkpoint_is_used(root)
     # the same ledger as the uninterrupted run (content-addressed segments), nothing unlisted
     assert _ledger_names(root) == _ledger_names(reference)
+    assert _matrix(root) == _matrix(reference) and len(_matrix(root)) == 2
     on_disk = {p.name for p in (root / "checkpoints/micro/ledger").glob("seg-*")}
     assert on_disk == {
         s["name"]

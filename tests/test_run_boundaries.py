@@ -28,7 +28,8 @@ from allllm.train import checkpoint as ckpt_io
 from allllm.train.checkpoint import latest_checkpoint, list_checkpoints
 from allllm.train.options import QuietReporter, TrainOptions
 from allllm.train.schedule import effective_warmup
-from allllm.train.session import non_finite_weights, train
+from allllm.train.session import train
+from allllm.train.state_dicts import non_finite_weights
 from allllm.use.evaluate import select_rows
 from allllm.use.status import build_status
 from allllm.util import faults

@@ -14,17 +14,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from allllm.config import Config
-from allllm.train.distributed import run_on_rank0
+from allllm.train.distributed import DistInfo, run_on_rank0
+from allllm.train.evals_log import append_row, has_row
 from allllm.train.forgetting import evaluate_row, freeze_subset, matrix_sets, row_line, run_number
 from allllm.train.ledger_sync import after_run, run_segment
-from allllm.train.loop import LoopContext
-from allllm.train.options import TrainOptions
+from allllm.train.options import Reporter, TrainOptions
 from allllm.train.planning import scan_for
 from allllm.train.records import run_summary, seen_records_after
 from allllm.train.run_plan import RunPlan
 from allllm.train.state import TrainState
-from allllm.use.forgetting import append_row, has_row
 
 
 def close_run(
@@ -60,16 +61,20 @@ def missing_row(cfg: Config, state: TrainState) -> bool:
 
 
 def forgetting_row(
-    ctx: LoopContext,
+    model: torch.nn.Module,
+    state: TrainState,
+    info: DistInfo,
+    device: torch.device,
+    autocast: Callable[[], object],
     cfg: Config,
     opts: TrainOptions,
     ident: Any,
-    budget: int,
-    message: Callable[[str], None],
+    reporter: Reporter,
 ) -> dict[str, Any] | None:
-    """Evaluate and append the matrix row of the checkpoint just written (collective; rank 0
-    writes). None when there is nothing to evaluate (``budget`` 0, no subset, no eval shard)."""
-    state, info = ctx.state, ctx.info
+    """Evaluate ``model`` (the weights of ``state``'s checkpoint) and append its matrix row
+    (collective; rank 0 writes). None when there is nothing to evaluate
+    (``train.forgetting_eval_tokens`` 0, no subset, no eval shard)."""
+    budget = cfg.train.forgetting_eval_tokens
     if budget <= 0:
         return None
     sets = run_on_rank0(
@@ -83,16 +88,16 @@ def forgetting_row(
         ),
     )
     for lost in sets.missing:
-        ctx.reporter.warn(f"forgetting matrix: leaving out {lost} (its files are gone)")
+        reporter.warn(f"forgetting matrix: leaving out {lost} (its files are gone)")
     if not sets.cells and sets.eval_shards is None:
         return None
     cells, evals = evaluate_row(
-        ctx.model,
+        model,
         sets,
         vocab_limit=cfg.model.vocab_size,
         micro_batch_size=cfg.train.micro_batch_size,
-        device=ctx.device,
-        autocast=ctx.precision.autocast,
+        device=device,
+        autocast=autocast,
         info=info,
     )
     line = row_line(
@@ -106,7 +111,7 @@ def forgetting_row(
     )
     if info.is_main:
         append_row(cfg.checkpoint_path, line)
-    message(describe_row(line))
+    reporter.message(describe_row(line))
     return line
 
 

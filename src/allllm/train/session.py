@@ -61,15 +61,10 @@ from allllm.train.state_dicts import (
     load_model_state,
     load_optimizer_state,
     model_state,
+    non_finite_weights,
     optimizer_state,
 )
 from allllm.util.clock import utc_iso
-
-
-def non_finite_weights(weights: dict[str, torch.Tensor]) -> str:
-    """The first tensors holding NaN or inf ("" when all are finite): no checkpoint may hold them."""
-    bad = [k for k, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()]
-    return ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
 
 
 def train(
@@ -125,6 +120,9 @@ class Session:
             # before anything can return: the dropped run's leftovers must not stay "latest"
             set_aside(start.abandoned, self.reporter)
         early_plan = None
+        # a kill after a run's final checkpoint left its forgetting-matrix row out: fill it in
+        fill = start.state is not None and not opts.dry_run
+        fill = fill and run_on_rank0(info, lambda: missing_row(cfg, self.state))
         if start.pending is None:
             # decide before any model is built: "nothing to train" must not load 3B weights
             # (nor build and initialise them for a dry run that has nothing to estimate)
@@ -133,6 +131,10 @@ class Session:
                 if opts.dry_run:
                     self.result.status = "dry-run"
                     self.result.plan = {"pending": None, "new": None, "step": self.state.step}
+                if fill:
+                    self._matrix_row(
+                        parallelize(self._build_model(start), cfg.train, info, self.device)
+                    )
                 return self._finish()
         model = self._build_model(start)
         # before the optimizer exists: FSDP2 replaces the parameters with sharded ones
@@ -179,8 +181,8 @@ class Session:
         )
         if start.state is not None:
             self._restore_rng()
-            if not opts.dry_run and run_on_rank0(info, lambda: missing_row(cfg, self.state)):
-                self._matrix_row()  # a kill after the run's checkpoint left its row out
+        if fill:
+            self._matrix_row(model)
         try:
             if opts.dry_run:
                 from allllm.train.estimate import dry_run_report
@@ -324,13 +326,12 @@ class Session:
             clean_ledger(self.cfg, state.ledger or [])
             write_records(self.ckpt_dir, state.seen, state.run_summary)
 
-    def _matrix_row(self) -> dict[str, Any] | None:
-        """The forgetting matrix's row for the checkpoint just written (collective)."""
-        assert self.ctx is not None
-        budget = self.cfg.train.forgetting_eval_tokens
+    def _matrix_row(self, model: torch.nn.Module) -> dict[str, Any] | None:
+        """The forgetting matrix's row of the latest checkpoint written (collective)."""
         return forgetting_row(
-            self.ctx, self.cfg, self.opts, self.ident, budget, self.reporter.message
-        )
+            model, self.state, self.info, self.device, self.precision.autocast,
+            self.cfg, self.opts, self.ident, self.reporter,
+        )  # fmt: skip
 
     # -- one run ------------------------------------------------------------------------------
     def _train_plan(
@@ -392,7 +393,7 @@ class Session:
         state = self.state
         summary = run_summary(plan, state.step, state.last_loss, state.last_val_loss)
         summary["seconds"] = time.monotonic() - started
-        summary["forgetting"] = self._matrix_row()
+        summary["forgetting"] = self._matrix_row(self.ctx.model)
         self.result.runs.append(summary)
         self.reporter.run_finished(summary)
         return True

@@ -108,3 +108,9 @@ def load_optimizer_state(
             f"{where}: optimizer state does not fit this model ({type(exc).__name__}: {exc})",
             "start fresh optimizer moments with --reset-optimizer",
         ) from None
+
+
+def non_finite_weights(weights: dict[str, torch.Tensor]) -> str:
+    """The first tensors holding NaN or inf ("" when all are finite): no checkpoint may hold them."""
+    bad = [k for k, t in weights.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    return ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")

@@ -23,38 +23,21 @@ This module reads the file and shapes the matrix (no torch, no evaluation):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from allllm.util.jsonl import append_jsonl, read_jsonl
-from allllm.util.versions import FileFormat
+from allllm.train.evals_log import EVALS_FILE, EVALS_FORMAT, append_row, has_row, read_rows
 
-EVALS_FILE = "evals.jsonl"
-#: evals.jsonl lines; a line of a newer format is skipped by readers (status never fails on it)
-EVALS_FORMAT = FileFormat("forgetting matrix line", current=1)
-
-
-def append_row(ckpt_dir: Path, row: dict[str, Any]) -> None:
-    """Append one matrix row (durable: it is the record of an evaluation that took minutes)."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    append_jsonl(ckpt_dir / EVALS_FILE, {"format_version": EVALS_FORMAT.current, **row}, True)
-
-
-def read_rows(ckpt_dir: Path) -> list[dict[str, Any]]:
-    """Every readable row of ``evals.jsonl`` in file order (torn or newer lines are skipped)."""
-    rows = []
-    for line in read_jsonl(ckpt_dir / EVALS_FILE):
-        version = EVALS_FORMAT.version_of(line)
-        if version is None or version > EVALS_FORMAT.current:
-            continue
-        if isinstance(line.get("step"), int) and isinstance(line.get("cells"), list):
-            rows.append(line)
-    return rows
-
-
-def has_row(ckpt_dir: Path, step: int, run_id: str | None) -> bool:
-    """True when ``evals.jsonl`` holds a row for the checkpoint at ``step`` of ``run_id``."""
-    return any(r["step"] == step and r.get("run_id") == run_id for r in read_rows(ckpt_dir))
+__all__ = [
+    "EVALS_FILE",
+    "EVALS_FORMAT",
+    "Matrix",
+    "MatrixRun",
+    "append_row",
+    "build_matrix",
+    "has_row",
+    "latest_row",
+    "read_rows",
+]
 
 
 @dataclass

@@ -4,8 +4,9 @@ Kill points come from a seeded random list (``ALLLLM_FAULT=<point>:<n>`` makes t
 process SIGKILL itself the n-th time it passes a named point; see allllm/util/faults.py).
 After every kill the real CLI is run again. At the end: weights bitwise equal to the
 uninterrupted reference, every shard recorded exactly once with the reference's step,
-one runs.jsonl line per run, every checkpoint on disk complete and loadable, and the
-document ledger the reference's (every listed segment whole, no unlisted one left).
+one runs.jsonl line per run, every checkpoint on disk complete and loadable, the
+document ledger the reference's (every listed segment whole, no unlisted one left), the
+forgetting matrix's rows and the anchor pool's cursor the reference's.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import pytest
 from allllm.data.ledger import SegmentRef, check_segments
 from allllm.train.checkpoint import check_files, latest_checkpoint, list_checkpoints
 from allllm.train.evals_log import read_rows
-from train_helpers import add_raw, cli, make_workspace, same_weights, seen, weights
+from train_helpers import MICRO_CONFIG, add_raw, cli, make_workspace, same_weights, seen, text
+from train_helpers import weights
 
 pytestmark = pytest.mark.slow
 
@@ -94,6 +96,28 @@ def _matrix(root: Path) -> list[tuple[int, int, list[tuple[int, float]]]]:
     ]
 
 
+def _workspace(root: Path) -> Path:
+    """The micro workspace, with anchor replay from two shards tokenized into anchor/."""
+    make_workspace(
+        root, **SIZE, data={"anchor": "anchor/*.meta.json"}, train={"anchor_fraction": 0.2}
+    )
+    src = json.loads(json.dumps(MICRO_CONFIG))
+    src["name"] = "anchorsrc"
+    src["data"].update({"dir": "anchor", "raw_path": "anchor_raw"})
+    (root / "configs/anchorsrc.json").write_text(json.dumps(src))
+    (root / "anchor_raw").mkdir()
+    for i in range(2):
+        (root / "anchor_raw" / f"general{i}.txt").write_text(text(300 + i, 1500))
+    cli(root, "tokenize", "--model", "anchorsrc", "--quiet")
+    return root
+
+
+def _anchor(root: Path) -> dict:
+    ref = latest_checkpoint(root / "checkpoints/micro")
+    assert ref is not None
+    return ref.read_state().anchor or {}
+
+
 def _scenario(root: Path, faults_1: list[str], faults_2: list[str], log: list[str]) -> None:
     cli(root, "tokenize", "--model", "micro", "--quiet")
     _train_until_done(root, faults_1, log)
@@ -104,13 +128,13 @@ def _scenario(root: Path, faults_1: list[str], faults_2: list[str], log: list[st
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = make_workspace(tmp_path_factory.mktemp("ref"), **SIZE)
+    root = _workspace(tmp_path_factory.mktemp("ref"))
     _scenario(root, [], [], [])
     return root
 
 
 def test_sigkill_at_many_points(tmp_path: Path, reference: Path) -> None:
-    root = make_workspace(tmp_path, **SIZE)
+    root = _workspace(tmp_path)
     log: list[str] = []
     _scenario(root, fault_plan(seed=2026, mid_run=4), fault_plan(seed=2027, mid_run=3), log)
     kills = [line for line in log if line.endswith(f": {-signal.SIGKILL}")]
@@ -130,6 +154,8 @@ def test_sigkill_at_many_points(tmp_path: Path, reference: Path) -> None:
     # the same ledger as the uninterrupted run (content-addressed segments), nothing unlisted
     assert _ledger_names(root) == _ledger_names(reference)
     assert _matrix(root) == _matrix(reference) and len(_matrix(root)) == 2
+    # the anchor pool's cursor is the uninterrupted run's, and both runs drew anchor rows
+    assert _anchor(root) == _anchor(reference) and _anchor(root)["cursor"] > 0
     on_disk = {p.name for p in (root / "checkpoints/micro/ledger").glob("seg-*")}
     assert on_disk == {
         s["name"]

@@ -292,7 +292,7 @@ def test_a_dry_run_with_nothing_to_train_builds_no_model(
     ws: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Offline with phi-2 this cost ~40 s of building 2.7B weights for "nothing to train"."""
-    from allllm.train.session import Session
+    import allllm.train.session as session
 
     tokenize(load_config(model="micro"))
     _train(only_new=True)
@@ -300,7 +300,7 @@ def test_a_dry_run_with_nothing_to_train_builds_no_model(
     def no_model(*_a: object) -> None:
         raise AssertionError("a model was built")
 
-    monkeypatch.setattr(Session, "_build_model", no_model)
+    monkeypatch.setattr(session, "build_model_for", no_model)
     result, reporter = _train(only_new=True, dry_run=True)
     assert result.status == "dry-run" and result.plan["new"] is None  # type: ignore[attr-defined]
     assert any("nothing new to train" in m for m in reporter.messages)

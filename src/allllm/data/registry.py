@@ -21,7 +21,8 @@ shard's state for one config (10,000 shards: ~0.5 s, benchmarks/bench_registry.p
 Stems with a journal entry (``data/.allllm/inflight/<stem>``) are being written
 by a tokenize, or were left by a crashed one: they are not shards. Shards that
 match ``data.eval_shards`` keep their state but carry ``eval_only`` and are
-never trainable.
+never trainable; shards ``data.anchor`` names carry ``anchor_only`` (drawn as
+anchor replay, never new data; data/anchor.py).
 
 The entry and result types live in ``registry_entries`` and are re-exported here;
 the checks of one stem on its own (meta, files, sizes, tokenizer, trust) live in
@@ -36,6 +37,7 @@ import fnmatch
 import os
 from pathlib import Path
 
+from allllm.data.anchor_glob import anchor_in_data_dir
 from allllm.data.registry_entries import (
     STATES,
     ScanResult,
@@ -54,6 +56,7 @@ from allllm.data.shard_format import (
     parse_shard_name,
     shard_order_key,
 )
+from allllm.errors import ConfigError
 from allllm.util.gc_pause import gc_paused
 
 __all__ = [
@@ -190,6 +193,17 @@ def _mark_eval(entries: list[ShardEntry], pattern: str | None) -> None:
         e.eval_only = any(fnmatch.fnmatchcase(n, pattern) for n in names)
 
 
+def _mark_anchor(entries: list[ShardEntry], data_dir: Path, pattern: str | None) -> None:
+    stems = anchor_in_data_dir(data_dir, pattern)
+    for e in entries:
+        e.anchor_only = e.name in stems
+        if e.anchor_only and e.eval_only:
+            raise ConfigError(
+                f"shard {e.name} matches both data.anchor ({pattern!r}) and data.eval_shards",
+                "an eval shard is never trained: make the two globs disjoint",
+            )
+
+
 def _missing_entries(entries: list[ShardEntry], seen: SeenMap) -> list[ShardEntry]:
     present = {e.shard_id for e in entries if e.shard_id}
     by_file = {}
@@ -241,7 +255,7 @@ def scan_shards(
     data_dir = Path(data_dir)
     seen = seen or SeenMap()
     if not data_dir.is_dir():
-        return ScanResult(data_dir, [], _missing_entries([], seen), [])
+        return ScanResult(data_dir, [], _missing_entries([], seen), [], spec)
     with gc_paused():
         # A tokenize journals a stem before its files appear and un-journals it after its meta
         # is in place. Reading the journal before and after the listing, and looking again for
@@ -268,8 +282,9 @@ def scan_shards(
         _assign_seen_and_duplicates(entries, seen, replaced)
         _assign_superseded(entries, replaced)
         _mark_eval(entries, spec.eval_glob)
+        _mark_anchor(entries, data_dir, spec.anchor_glob)
         missing = _missing_entries(entries, seen)
-    return ScanResult(data_dir, entries, missing, sorted(journaled))
+    return ScanResult(data_dir, entries, missing, sorted(journaled), spec)
 
 
 def inspect_one(

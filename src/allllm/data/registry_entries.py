@@ -67,6 +67,7 @@ class ScanSpec:
     vocab_limit: int  # every id is below this: the model's embedding rows, the tokenizer's range
     tokenizer: TokenizerIdentity
     eval_glob: str | None = None
+    anchor_glob: str | None = None  # data.anchor: shards mixed into runs, never new data
     # the other settings that decide ids (None: not checked)
     settings: dict[str, Any] | None = None
 
@@ -81,7 +82,9 @@ class ScanSpec:
             "document_boundary": cfg.data.document_boundary,
             "text_field": cfg.data.text_field,
         }
-        return cls(cfg.data.seq_len, limit, tokenizer, cfg.data.eval_shards, settings)
+        return cls(
+            cfg.data.seq_len, limit, tokenizer, cfg.data.eval_shards, cfg.data.anchor, settings
+        )
 
     @property
     def pad_id(self) -> int:
@@ -112,6 +115,7 @@ class ShardEntry:
     created: str | None = None
     record: SeenRecord | None = None  # its seen record, if any (also for invalid/duplicate shards)
     eval_only: bool = False
+    anchor_only: bool = False  # named by data.anchor (data/anchor.py): drawn, never new data
     tokenizer_unverified: bool = False
     legacy: bool = False  # a torch.save'd tensor (.bin without meta)
     duplicate_of: str | None = None
@@ -170,6 +174,7 @@ class ScanResult:
     shards: list[ShardEntry]  # present shards, sorted by name
     missing: list[ShardEntry]  # seen records with no files, sorted by step
     journaled: list[str]  # stems a tokenize is writing or left behind after a crash
+    spec: ScanSpec | None = None  # what the shards were checked against (anchor shards too)
 
     def all_entries(self) -> list[ShardEntry]:
         return [*self.shards, *self.missing]
@@ -180,7 +185,7 @@ class ScanResult:
     def trainable(self, *, only_new: bool = True) -> list[ShardEntry]:
         """Shards a run may train on: new (and seen unless ``only_new``), never eval-only."""
         states = ("new",) if only_new else ("new", "seen")
-        return [e for e in self.shards if e.state in states and not e.eval_only]
+        return [e for e in self.shards if e.state in states and not (e.eval_only or e.anchor_only)]
 
     def eval_shards(self) -> list[ShardEntry]:
         """Valid eval-only shards (``data.eval_shards``)."""

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from allllm.config import Config
+from allllm.data.anchor import find_anchor
 from allllm.data.documents import shard_documents
 from allllm.data.ledger import (
     KIND_HELD_OUT,
@@ -121,7 +122,8 @@ def _write(
 
 
 def run_segment(cfg: Config, plan: RunPlan, scan: ScanResult, step: int) -> SegmentRef | None:
-    """The segment of a completed run: the documents its shards' rows trained and held out."""
+    """The segment of a completed run: the documents its shards' rows trained and held out,
+    and those its anchor rows trained."""
     docs = documents_of(cfg.data_dir)
     by_id = {e.shard_id: e for e in scan.shards if e.shard_id and e.valid}
     parts = []
@@ -134,6 +136,16 @@ def run_segment(cfg: Config, plan: RunPlan, scan: ScanResult, step: int) -> Segm
             shard.split, sid, shard.n_rows, RowFilter.from_dict(plan.row_filters.get(sid))
         )
         hi, lo, kind = _digests(shard, train_rows, val_rows)
+        parts.append((hi, lo, kind, np.full(hi.size, step, np.uint32)))
+    # anchor rows trained their documents too: later new text that repeats them is skipped
+    anchors = find_anchor(scan.spec, scan) if plan.anchor and scan.spec is not None else []
+    for anchor in anchors:
+        sid = anchor.entry.shard_id or ""
+        if sid not in plan.anchor or not anchor.usable:
+            continue
+        shard = shard_rows(anchor.entry, cfg, documents_of(anchor.directory), (0, 0.0))
+        drawn = np.unique(np.asarray(plan.anchor[sid], dtype=np.int64))
+        hi, lo, kind = _digests(shard, drawn, np.zeros(0, np.int64))
         parts.append((hi, lo, kind, np.full(hi.size, step, np.uint32)))
     return _write(cfg, parts)
 

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 
 from allllm.config import Config
+from allllm.data.anchor import AnchorShard
+from allllm.data.anchor_pool import AnchorPool
 from allllm.data.registry import ScanResult, ScanSpec, ShardEntry, TokenizerIdentity, scan_shards
 from allllm.data.row_filter import NO_FILTER, RowFilter, ShardRows, classify, effective_rows
 from allllm.data.sampler import RowSampler
@@ -62,6 +64,8 @@ def select_shards(scan: ScanResult, *, only_new: bool, pattern: str | None = Non
             continue
         if entry.eval_only:
             excluded.append((entry, "eval only (data.eval_shards)"))
+        elif entry.anchor_only:
+            continue  # drawn as anchor replay (data.anchor), never new data
         elif entry.state == "new" or (entry.state == "seen" and not only_new):
             chosen.append(entry)
         elif entry.state == "seen":
@@ -146,11 +150,16 @@ def plan_run(
     started: str,
     ledger: LedgerView | None = None,
     docs: DocsOf | None = None,
+    anchor: list[AnchorShard] | None = None,
+    pool: AnchorPool | None = None,
 ) -> RunPlan:
-    """A new run over ``selected`` (plus replay rows from seen shards when configured).
+    """A new run over ``selected`` (plus replay rows from seen shards and anchor rows from
+    ``anchor``'s usable shards, drawn from ``pool``, when configured).
 
     New shards go through the row filter against ``ledger`` (rows of trained documents are
-    skipped, ...); seen shards trained again keep the rows their first plan fixed.
+    skipped, ...); seen shards trained again keep the rows their first plan fixed. A run of
+    ``n_new`` rows has ``total = n_new/(1−r−a)`` rows: ``round(total·r)`` replayed,
+    ``round(total·a)`` anchor rows.
     """
     train = cfg.train
     ids = sorted(e.shard_id for e in selected if e.shard_id)
@@ -172,13 +181,17 @@ def plan_run(
     n_new = sum(rows.values())
     replay = _draw_replay(cfg, scan, set(ids), n_new, run_id)
     replay_rows = sum(len(r) for r in replay.values())
-    n_rows = n_new + replay_rows
+    anchor_rows, pool_after = _draw_anchor(cfg, anchor or [], pool, n_new)
+    n_rows = n_new + replay_rows + sum(len(r) for r in anchor_rows.values())
     replay_tokens = 0
     known = _entry_by_id(scan)
     for sid, rws in replay.items():
         replay_tokens += _row_tokens(known[sid], np.asarray(rws))
         seed, fraction = split_for(known[sid], cfg)
         splits[sid] = {"val_seed": seed, "val_fraction": fraction}
+    anchor_of = {s.entry.shard_id: s.entry for s in anchor or []}
+    for sid, rws in anchor_rows.items():
+        replay_tokens += _row_tokens(anchor_of[sid], np.asarray(rws))
     sampler = RowSampler(
         n_rows, train.batch_size, seed=order_seed(run_id, train.seed), epochs=train.epochs
     )
@@ -203,25 +216,49 @@ def plan_run(
         splits=splits,
         warmup_steps=effective_warmup(train.warmup_steps, sampler.total_batches()),
         row_filters=row_filters,
+        anchor=anchor_rows,
+        anchor_pool=pool_after,
     )
+
+
+def _share(cfg: Config, n_new: int, fraction: float) -> int:
+    """Rows of a run's ``total = n_new/(1−r−a)`` that ``fraction`` (r or a) asks for."""
+    rest = 1.0 - cfg.train.replay_fraction - cfg.train.anchor_fraction
+    return math.floor(n_new * fraction / rest + 0.5)
+
+
+def _draw_anchor(
+    cfg: Config, anchor: list[AnchorShard], pool: AnchorPool | None, n_new: int
+) -> tuple[dict[str, list[int]], dict[str, Any] | None]:
+    """The run's anchor rows and the pool once they are drawn (None: nothing drawn)."""
+    a = cfg.train.anchor_fraction
+    shards = sorted({(s.entry.shard_id or "", s.entry.n_rows or 0) for s in anchor if s.usable})
+    if a <= 0 or n_new == 0 or not shards:
+        return {}, None
+    pool = pool or AnchorPool.fresh(cfg.train.seed)
+    rows, after = pool.draw(shards, _share(cfg, n_new, a))
+    return rows, after.to_dict()
 
 
 def _draw_replay(
     cfg: Config, scan: ScanResult, run_ids: set[str], n_new: int, run_id: str
 ) -> dict[str, list[int]]:
-    """``n_new·r/(1−r)`` rows drawn without replacement from present seen shards' training rows."""
+    """``n_new·r/(1−r−a)`` rows drawn without replacement from present seen shards' training rows."""
     r = cfg.train.replay_fraction
     if r <= 0 or n_new == 0:
         return {}
     pool_entries = [
         e
         for e in scan.shards
-        if e.state == "seen" and e.shard_id and e.shard_id not in run_ids and not e.eval_only
+        if e.state == "seen"
+        and e.shard_id
+        and e.shard_id not in run_ids
+        and not (e.eval_only or e.anchor_only)
     ]
     pool_entries.sort(key=lambda e: e.shard_id or "")
     parts = [_training_rows(e, split_for(e, cfg)) for e in pool_entries]
     total = sum(p.size for p in parts)
-    want = min(total, math.floor(n_new * r / (1.0 - r) + 0.5))
+    want = min(total, _share(cfg, n_new, r))
     if want == 0:
         return {}
     rng = np.random.Generator(np.random.PCG64(order_seed(run_id, cfg.train.seed + 1)))
@@ -257,6 +294,7 @@ def choose_new_run(
     *,
     ledger: LedgerView | None = None,
     docs: DocsOf | None = None,
+    pool: AnchorPool | None = None,
 ) -> tuple[RunPlan | None, Selection]:
     """Select shards and plan a new run (None when no shard is left; a plan of 0 rows when
     every row of the new shards is already trained or held out: nothing to train)."""
@@ -275,10 +313,30 @@ def choose_new_run(
     shards = [e for e in selection.shards if e not in failed]
     if not shards:
         return None, selection
+    anchor = usable_anchor(cfg, scan, reporter) if cfg.train.anchor_fraction > 0 else []
     plan = plan_run(
-        cfg, shards, scan, start_step=start_step, started=utc_iso(), ledger=ledger, docs=docs
-    )
+        cfg, shards, scan, start_step=start_step, started=utc_iso(), ledger=ledger, docs=docs,
+        anchor=anchor, pool=pool,
+    )  # fmt: skip
     return plan, selection
+
+
+def usable_anchor(cfg: Config, scan: ScanResult, reporter: Reporter) -> list[AnchorShard]:
+    """The anchor shards a new run may draw from (invalid ones are named and left out)."""
+    from allllm.data.anchor import find_anchor
+
+    assert scan.spec is not None, "a scan of scan_shards carries its spec"
+    shards = find_anchor(scan.spec, scan)
+    for s in shards:
+        if not s.usable:
+            reporter.warn(f"skipping anchor shard {s.meta_path}: {s.entry.state}: {s.entry.reason}")
+    usable = [s for s in shards if s.usable]
+    if not usable:
+        reporter.warn(
+            f"train.anchor_fraction is {cfg.train.anchor_fraction} but data.anchor "
+            f"({cfg.data.anchor!r}) names no valid shard: this run has no anchor rows"
+        )
+    return usable
 
 
 def nothing_to_train(plan: RunPlan) -> str:

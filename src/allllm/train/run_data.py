@@ -9,13 +9,15 @@ so a resumed run never trains other rows than the ones it planned.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from allllm.config import Config
+from allllm.data.anchor import find_anchor
 from allllm.data.dataset import ShardDataset, ShardSource
-from allllm.data.registry import TokenizerIdentity
+from allllm.data.registry import ShardEntry, TokenizerIdentity, digest_problem
 from allllm.data.row_filter import RowFilter, effective_rows
 from allllm.errors import DataError
 from allllm.train.distributed import DistInfo, run_on_rank0
@@ -39,8 +41,9 @@ class RunData:
 
 
 def open_run_data(plan: RunPlan, sources: dict[str, ShardSource], vocab_limit: int) -> RunData:
-    """The run's dataset over ``sources`` (shard_id -> how to read it; the run's and replay shards)."""
-    needed = list(plan.shard_ids) + [s for s in plan.replay if s not in plan.shard_ids]
+    """The run's dataset over ``sources`` (shard_id -> how to read it; the run's, replay and
+    anchor shards)."""
+    needed = list(plan.shard_ids) + plan.extra_shards()
     dataset = ShardDataset([sources[s] for s in needed], vocab_limit=vocab_limit)
     offset_of = {sid: int(dataset.offsets[i]) for i, sid in enumerate(needed)}
     parts, val_parts = [], []
@@ -57,8 +60,9 @@ def open_run_data(plan: RunPlan, sources: dict[str, ShardSource], vocab_limit: i
             )
         parts.append(train_rows.astype(np.int64) + offset_of[sid])
         val_parts.append(val_rows.astype(np.int64) + offset_of[sid])
-    for sid, rws in plan.replay.items():
-        parts.append(np.asarray(rws, dtype=np.int64) + offset_of[sid])
+    for drawn in (plan.replay, plan.anchor):
+        for sid, rws in drawn.items():
+            parts.append(np.asarray(rws, dtype=np.int64) + offset_of[sid])
     rows = np.concatenate(parts) if parts else np.zeros(0, np.int64)
     if rows.size != plan.n_rows:
         raise DataError(f"run {plan.short_id}: {rows.size} rows found, {plan.n_rows} planned")
@@ -73,7 +77,7 @@ def find_plan_sources(
     plan: RunPlan,
     ident: TokenizerIdentity,
 ) -> tuple[dict[str, ShardSource], list[ShardSource]]:
-    """Rank 0: how to read the plan's shards (run and replay) and the eval shards.
+    """Rank 0: how to read the plan's shards (run, replay and anchor) and the eval shards.
 
     A shard the plan needs that is missing, changed or invalid stops the run
     with one line: a pending run trains exactly what it planned, or nothing.
@@ -84,25 +88,44 @@ def find_plan_sources(
         for e in scan.shards
         if e.shard_id and e.state in ("new", "seen", "superseded")
     }
-    needed = list(plan.shard_ids) + [s for s in plan.replay if s not in plan.shard_ids]
+    homes = dict.fromkeys(known, cfg.data_dir)
+    if plan.anchor and scan.spec is not None:
+        for shard in find_anchor(scan.spec, scan):
+            sid = shard.entry.shard_id
+            if sid and shard.usable and sid not in known:
+                known[sid], homes[sid] = shard.entry, shard.directory
+    needed = list(plan.shard_ids) + plan.extra_shards()
     lost = [s for s in needed if s not in known]
     if lost:
-        names = ", ".join(
-            f"{s[:12]} ({', '.join(plan.shard_files.get(s, {}).values()) or 'replay shard'})"
-            for s in lost
-        )
+        names = ", ".join(f"{s[:12]} ({_what(plan, s)})" for s in lost)
         raise DataError(
             f"run {plan.short_id} needs shard(s) that are missing or no longer valid: {names}",
             "restore them, or drop the pending run with --abandon-pending (its shards stay new)",
         )
-    failed = scan.verify([known[s] for s in needed])
+    failed = [e for e in scan.verify([known[s] for s in needed if homes[s] == cfg.data_dir])]
+    failed += [
+        known[s] for s in needed if homes[s] != cfg.data_dir and _digest_fails(known[s], homes[s])
+    ]
     if failed:
         raise DataError(
             f"run {plan.short_id}: shard {failed[0].name} is invalid: {failed[0].reason}",
             "restore the shard's files, or drop the pending run with --abandon-pending",
         )
     evals = [e.source(cfg.data_dir) for e in scan.eval_shards()]
-    return {s: known[s].source(cfg.data_dir) for s in needed}, evals
+    return {s: known[s].source(homes[s]) for s in needed}, evals
+
+
+def _digest_fails(entry: ShardEntry, directory: Path) -> bool:
+    problem = digest_problem(entry, directory)
+    if problem:
+        entry.state, entry.reason = "invalid", problem
+    return bool(problem)
+
+
+def _what(plan: RunPlan, sid: str) -> str:
+    if sid in plan.shard_files:
+        return ", ".join(plan.shard_files[sid].values())
+    return "anchor shard" if sid in plan.anchor else "replay shard"
 
 
 def open_plan_data(

@@ -51,6 +51,23 @@ class RunPlan:
     # shard_id -> its row filter (data/row_filter.py RowFilter.to_dict()): rows the document
     # ledger kept from training or validation when planned; absent: the split as it is
     row_filters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # anchor shard_id -> its drawn rows (data.anchor; repeated each epoch like replay rows)
+    anchor: dict[str, list[int]] = field(default_factory=dict)
+    # the anchor pool once this run's rows are drawn (data/anchor_pool.py); None: not drawn
+    anchor_pool: dict[str, Any] | None = None
+
+    @property
+    def replay_rows(self) -> int:
+        return sum(len(r) for r in self.replay.values())
+
+    @property
+    def anchor_rows(self) -> int:
+        return sum(len(r) for r in self.anchor.values())
+
+    def extra_shards(self) -> list[str]:
+        """Shards the run reads besides its own: replay shards, then anchor shards."""
+        out = [s for s in self.replay if s not in self.shard_ids]
+        return out + [s for s in self.anchor if s not in self.shard_ids and s not in out]
 
     def counted(self, key: str) -> int:
         """A row-filter count summed over the run's shards (skipped_rows, dedup_rows, ...)."""

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from allllm.config import Config, TrainConfig
+from allllm.data.anchor_pool import AnchorPool
 from allllm.errors import TrainingError
 from allllm.train import checkpoint as ckpt_io
 from allllm.train.distributed import DistInfo, env_dist_info, process_group, run_on_rank0
@@ -50,6 +51,7 @@ from allllm.train.run_plan import RunPlan
 from allllm.train.signals import StopFlag, stop_signals
 from allllm.train.start import (
     StartPoint,
+    build_model_for,
     decide_start,
     set_aside,
     snapshot_train_config,
@@ -58,7 +60,6 @@ from allllm.train.start import (
 )
 from allllm.train.state import TrainState
 from allllm.train.state_dicts import (
-    load_model_state,
     load_optimizer_state,
     model_state,
     non_finite_weights,
@@ -133,10 +134,15 @@ class Session:
                     self.result.plan = {"pending": None, "new": None, "step": self.state.step}
                 if fill:
                     self._matrix_row(
-                        parallelize(self._build_model(start), cfg.train, info, self.device)
+                        parallelize(
+                            build_model_for(cfg, start, self.device, self.reporter),
+                            cfg.train,
+                            info,
+                            self.device,
+                        )
                     )
                 return self._finish()
-        model = self._build_model(start)
+        model = build_model_for(cfg, start, self.device, self.reporter)
         # before the optimizer exists: FSDP2 replaces the parameters with sharded ones
         model = parallelize(model, cfg.train, info, self.device)
         optimizer = make_optimizer(model, cfg.train, self.device)
@@ -240,6 +246,7 @@ class Session:
             self.reporter,
             ledger=ledger_view(open_ledger(self.cfg, self.state.ledger)),
             docs=documents_of(self.cfg.data_dir),
+            pool=AnchorPool.from_dict(self.state.anchor, self.cfg.train.seed),
         )
         if plan is None or plan.n_rows == 0:
             self.reporter.message(nothing_left(self.cfg, scan, selection, plan, bool(exclude)))
@@ -251,24 +258,6 @@ class Session:
         return self.result
 
     # -- model and state ----------------------------------------------------------------------
-    def _build_model(self, start: StartPoint) -> torch.nn.Module:
-        from allllm.hf.init_from import build_model
-        from allllm.model.transformer import empty_model
-
-        cfg = self.cfg
-        if start.checkpoint is not None and start.state is not None:
-            model = empty_model(cfg.model, device=self.device)
-            ref = ckpt_io.CheckpointRef(start.checkpoint, start.state.step)
-            load_model_state(model, ckpt_io.load_model_state(ref), str(ref.path))
-            self.reporter.message(f"resuming from {ref.path} (step {ref.step})")
-            return model
-        torch.manual_seed(cfg.train.seed)
-        if cfg.model.init_from:
-            self.reporter.message(f"starting from {cfg.model.init_from} (model.init_from)")
-        else:
-            self.reporter.message("starting from freshly initialised weights")
-        return build_model(cfg.model, device=self.device)
-
     def _restore_rng(self) -> None:
         saved = len(self.state.rng)
         if not self.state.restore_rng(self.device, self.info) and saved and self.cfg.model.dropout:
@@ -343,6 +332,8 @@ class Session:
             self.cfg, self.opts, self.info, self.state.seen, plan, ident
         )
         self.ctx.eval_sets = eval_sets
+        if not resumed and plan.anchor_pool is not None:
+            self.state.anchor = plan.anchor_pool  # saved with the run's checkpoints
         changed = apply_hyperparams(self.ctx.optimizer, run_train)
         if changed and not resumed and self.loaded_optimizer:
             self.reporter.message(
@@ -356,7 +347,8 @@ class Session:
                 "run_id": plan.run_id,
                 "resumed": resumed,
                 "shards": [", ".join(plan.shard_files[s].values()) for s in plan.shard_ids],
-                "replay_rows": sum(len(r) for r in plan.replay.values()),
+                "replay_rows": plan.replay_rows,
+                "anchor_rows": plan.anchor_rows,
                 **plan.filter_counts(),
                 "rows": plan.n_rows,
                 "epochs": plan.epochs,

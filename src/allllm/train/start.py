@@ -15,7 +15,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from allllm.config import Config, TrainConfig
 from allllm.data.registry import TokenizerIdentity
@@ -42,6 +42,9 @@ from allllm.train.options import Reporter, TrainOptions
 from allllm.train.records import log_run_once
 from allllm.train.run_plan import RunPlan
 from allllm.train.state import TrainState
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -287,3 +290,29 @@ def set_aside(paths: list[Path], reporter: Reporter) -> None:
         target = path.with_name(f"{path.name}.abandoned-{stamp}")
         os.replace(path, target)
         reporter.warn(f"{path.name} moved aside to {target.name}")
+
+
+def build_model_for(
+    cfg: Config, start: StartPoint, device: torch.device, reporter: Reporter
+) -> torch.nn.Module:
+    """The model a session starts from: the start checkpoint's weights, else
+    ``model.init_from``, else fresh weights seeded by ``train.seed``."""
+    import torch
+
+    from allllm.hf.init_from import build_model
+    from allllm.model.transformer import empty_model
+    from allllm.train.checkpoint import load_model_state as read_weights
+    from allllm.train.state_dicts import load_model_state
+
+    if start.checkpoint is not None and start.state is not None:
+        model = empty_model(cfg.model, device=device)
+        ref = CheckpointRef(start.checkpoint, start.state.step)
+        load_model_state(model, read_weights(ref), str(ref.path))
+        reporter.message(f"resuming from {ref.path} (step {ref.step})")
+        return model
+    torch.manual_seed(cfg.train.seed)
+    if cfg.model.init_from:
+        reporter.message(f"starting from {cfg.model.init_from} (model.init_from)")
+    else:
+        reporter.message("starting from freshly initialised weights")
+    return build_model(cfg.model, device=device)

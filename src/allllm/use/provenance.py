@@ -58,7 +58,9 @@ def source_provenance(
     scan = scan_shards(cfg.data_dir, ScanSpec.from_config(cfg, ident), seen)
     found = []
     for entry in scan.shards:
-        if entry.state not in ("new", "seen") or entry.meta is None or entry.eval_only:
+        if entry.state not in ("new", "seen") or entry.meta is None:
+            continue
+        if entry.eval_only or entry.anchor_only:
             continue
         for i, src in enumerate(entry.meta.sources):
             if _same_file(src.path, target):

@@ -15,7 +15,7 @@ Report keys (all always present):
 - ``digests_checked`` (``verify``), ``trust_unverified``
 - ``shards``: one object per shard, sorted by name, then the ``missing`` ones:
   ``name`` (the stem), ``shard_id``, ``files`` {role: file name}, ``formats``, ``state``,
-  ``reason``, ``rows``, ``tokens``, ``step`` (of its seen record), ``run_id``,
+  ``reason``, ``rows``, ``tokens``, ``step`` (of its seen record), ``run_id``, ``anchor_only``,
   ``train_rows``, ``train_tokens``, ``val_rows``, ``val_tokens`` (the validation split; an eval-only
   shard is all validation), ``eval_only``, ``tokenizer_unverified``, ``legacy``, ``pending``
   (in the pending run), ``duplicate_of``, ``superseded_by``, ``created``; a new shard also
@@ -32,6 +32,10 @@ Report keys (all always present):
 - ``forgetting``: null or the forgetting matrix's latest row (``use/forgetting.py``
   ``latest_row``: ``after_run``, ``step``, ``runs`` [{``run``, ``run_id``, ``loss``,
   ``loss_after_run``, ``change``}], ``eval_shards`` null | {``loss``, ``loss_first``, ``change``})
+- ``anchor``: null (no ``data.anchor``) or {``pattern``, ``fraction``, ``shards`` [{``name``,
+  ``meta``, ``shard_id``, ``state``, ``reason``, ``rows``, ``tokens``}], ``rows`` (usable),
+  ``pass`` (1-based), ``drawn`` (rows of this pass drawn), ``left`` (rows left in it)}; anchor
+  shards in the data dir are also in ``shards`` with ``anchor_only``
 - ``journaled``: stems a tokenize is writing or left after a crash
 - ``notes``: plain sentences (no data dir, no checkpoints yet, tokenizer unverified, ...)
 """
@@ -95,6 +99,8 @@ def _shard_report(
     if entry.valid and entry.shard_id and rows is not None and entry.seq_len:
         if entry.eval_only:
             split = (0, 0, rows, entry.n_tokens)
+        elif entry.anchor_only:
+            split = (0, 0, 0, 0)  # drawn as anchor replay, never new data nor validation
         else:
             # a trained shard keeps the split it was trained with; the pending run's shards
             # the one it planned; only shards never planned follow the current config
@@ -122,6 +128,7 @@ def _shard_report(
         "val_rows": split[2],
         "val_tokens": split[3],
         "eval_only": entry.eval_only,
+        "anchor_only": entry.anchor_only,
         "tokenizer_unverified": entry.tokenizer_unverified,
         "legacy": entry.legacy,
         "pending": bool(entry.shard_id and entry.shard_id in pending),
@@ -151,7 +158,11 @@ def _add_repeats(
     new = [
         e
         for e in entries
-        if e.state == "new" and not e.eval_only and e.shard_id and e.n_rows and e.valid
+        if e.state == "new"
+        and not (e.eval_only or e.anchor_only)
+        and e.shard_id
+        and e.n_rows
+        and e.valid
     ]
     splits = {
         e.shard_id or "": pending.get(e.shard_id or "", (cfg.train.seed, cfg.data.val_fraction))
@@ -159,7 +170,7 @@ def _add_repeats(
     }
     counts = repeat_counts(cfg, new, refs, splits)
     for shard in shards:
-        if shard["state"] != "new" or shard["eval_only"]:
+        if shard["state"] != "new" or shard["eval_only"] or shard["anchor_only"]:
             continue
         found = counts.get(shard["shard_id"] or "", {})
         shard["repeat_rows"] = found.get("repeat_rows", 0)
@@ -172,7 +183,7 @@ def _totals(shards: list[dict[str, Any]], entries: list[ShardEntry]) -> dict[str
     for key in ("new", "seen", "val", "eval", "missing", "repeat"):
         t[f"{key}_rows"] = t[f"{key}_tokens"] = 0
     for s, e in zip(shards, entries):
-        if s["state"] == "new" and not s["eval_only"]:
+        if s["state"] == "new" and not (s["eval_only"] or s["anchor_only"]):
             # what --only-new would train: rows of documents already trained are skipped
             t["new_rows"] += (s["train_rows"] or 0) - s.get("repeat_rows", 0)
             t["new_tokens"] += (s["train_tokens"] or 0) - s.get("repeat_tokens", 0)
@@ -283,6 +294,7 @@ def build_status(
         "totals": _totals(shards, entries),
         "checkpoint": None,
         "forgetting": None,
+        "anchor": None,
         "journaled": result.journaled,
         "notes": notes,
     }
@@ -297,7 +309,42 @@ def build_status(
         hidden = ("seen", "legacy_split", "pending_splits", "ledger", "eval_subsets", "anchor")
         report["checkpoint"] = {k: v for k, v in checkpoint.items() if k not in hidden}
     report["forgetting"] = _forgetting(cfg, checkpoint)
+    report["anchor"] = anchor_report(cfg, ScanSpec.from_config(cfg, ident), result, checkpoint)
     return report
+
+
+def anchor_report(
+    cfg: Config, spec: ScanSpec, scan: Any, checkpoint: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """The anchor shards ``data.anchor`` names and how far the pool is drawn (None: no anchor)."""
+    from allllm.data.anchor import find_anchor
+    from allllm.data.anchor_pool import AnchorPool
+
+    if not cfg.data.anchor:
+        return None
+    shards = find_anchor(spec, scan)
+    usable = [(s.entry.shard_id or "", s.entry.n_rows or 0) for s in shards if s.usable]
+    pool = AnchorPool.from_dict((checkpoint or {}).get("anchor"), cfg.train.seed)
+    return {
+        "pattern": cfg.data.anchor,
+        "fraction": cfg.train.anchor_fraction,
+        "shards": [
+            {
+                "name": s.entry.name,
+                "meta": str(s.meta_path),
+                "shard_id": s.entry.shard_id,
+                "state": s.entry.state if s.usable else "invalid",
+                "reason": None if s.usable else (s.entry.reason or f"{s.entry.state}, no rows"),
+                "rows": s.entry.n_rows,
+                "tokens": s.entry.n_tokens,
+            }
+            for s in shards
+        ],
+        "rows": sum(n for _, n in sorted(set(usable))),
+        "pass": pool.pass_index + 1,
+        "drawn": pool.cursor,
+        "left": pool.remaining(sorted(set(usable))),
+    }
 
 
 def _forgetting(cfg: Config, checkpoint: dict[str, Any] | None) -> dict[str, Any] | None:

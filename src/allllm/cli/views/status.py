@@ -37,7 +37,9 @@ _COLUMNS = (
 def state_text(shard: dict[str, Any]) -> str:
     """``new``, ``seen @ step N``, ``invalid: reason``, ... (plain text, no markup)."""
     state, reason, step = shard["state"], shard.get("reason"), shard.get("step")
-    if state == "seen":
+    if shard.get("anchor_only") and state in ("new", "seen"):
+        text = "anchor (data.anchor)"
+    elif state == "seen":
         text = f"seen @ step {step}"
     elif state == "missing":
         text = f"missing (seen @ step {step})"
@@ -113,6 +115,22 @@ def _checkpoint_line(ckpt: dict[str, Any] | None) -> str:
     return line
 
 
+def anchor_line(anchor: dict[str, Any]) -> str:
+    """The anchor pool: its shards and rows, how far this pass is drawn, and invalid shards."""
+    usable = [s for s in anchor["shards"] if s["state"] != "invalid"]
+    line = (
+        f"anchor {escape(repr(anchor['pattern']))} ({anchor['fraction']:.0%} of each run): "
+        f"{len(usable)} shard(s), {anchor['rows']:,} rows; pass {anchor['pass']}: "
+        f"{anchor['drawn']:,} drawn, {anchor['left']:,} left"
+    )
+    for s in anchor["shards"]:
+        if s["state"] == "invalid":
+            line += (
+                f"\n  [red]invalid anchor shard[/red] {escape(s['meta'])}: {escape(s['reason'])}"
+            )
+    return line
+
+
 def _change(value: float | None) -> str:
     if value is None:
         return ""
@@ -173,6 +191,8 @@ def render_status(report: dict[str, Any], console: Console, *, max_rows: int | N
             console.print(f"... {len(shards) - len(shown)} more shard(s) (--json lists all)")
     console.print(_totals_line(report["totals"]))
     console.print(_checkpoint_line(report["checkpoint"]))
+    if report.get("anchor"):
+        console.print(anchor_line(report["anchor"]), soft_wrap=True)
     if report.get("forgetting"):
         console.print(forgetting_line(report["forgetting"]), soft_wrap=True)
     for note in report["notes"]:

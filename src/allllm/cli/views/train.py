@@ -58,7 +58,10 @@ class RichTrainReporter:
             return
         verb = "resuming pending run" if info["resumed"] else "new run"
         shards = info["shards"]
-        replay = f" + {info['replay_rows']:,} replay rows" if info["replay_rows"] else ""
+        mixed = [f"{info['replay_rows']:,} replay"] if info["replay_rows"] else []
+        if info.get("anchor_rows"):
+            mixed.append(f"{info['anchor_rows']:,} anchor")
+        replay = f" (incl. {', '.join(mixed)})" if mixed else ""
         soft = unwrapped(self.console)
         self.console.print(
             f"[bold]{verb} {info['run_id'][:12]}[/bold]: {len(shards)} shard(s), "
@@ -179,9 +182,13 @@ def render_dry_run(plan: dict[str, Any], console: Console) -> None:
             continue
         shards = [", ".join(files.values()) for files in run["shard_files"].values()]
         replay = sum(len(r) for r in run["replay"].values())
+        anchor = sum(len(r) for r in (run.get("anchor") or {}).values())
+        mixed = ([f"{replay:,} replay"] if replay else []) + (
+            [f"{anchor:,} anchor"] if anchor else []
+        )
         console.print(
             f"{label} {run['run_id'][:12]}: {len(shards)} shard(s), {run['n_rows']:,} rows"
-            + (f" (incl. {replay:,} replay)" if replay else "")
+            + (f" (incl. {', '.join(mixed)})" if mixed else "")
             + f", {run['epochs']} epoch(s), steps {run['steps_done']}/{run['total_steps']}, "
             f"{format_count(run['total_tokens'])} tokens",
             soft_wrap=True,

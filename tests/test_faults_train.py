@@ -21,8 +21,16 @@ import pytest
 from allllm.data.ledger import SegmentRef, check_segments
 from allllm.train.checkpoint import check_files, latest_checkpoint, list_checkpoints
 from allllm.train.evals_log import read_rows
-from train_helpers import MICRO_CONFIG, add_raw, cli, make_workspace, same_weights, seen, text
-from train_helpers import weights
+from train_helpers import (
+    MICRO_CONFIG,
+    add_raw,
+    cli,
+    make_workspace,
+    same_weights,
+    seen,
+    text,
+    weights,
+)
 
 pytestmark = pytest.mark.slow
 

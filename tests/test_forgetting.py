@@ -113,7 +113,9 @@ def test_status_and_plot_read_the_matrix(ws: Path, capsys: pytest.CaptureFixture
         assert row["after_run"] == 2 and [c["run"] for c in row["runs"]] == [1, 2]
         code, out, err = run_cli(["status", "--model", "micro"], capsys)
         assert code == 0 and "forgetting (loss after run 2" in out, err
-        code, out, err = run_cli(["plot", "--model", "micro", "--forgetting", "-o", "f.png"], capsys)
+        code, out, err = run_cli(
+            ["plot", "--model", "micro", "--forgetting", "-o", "f.png"], capsys
+        )
         assert code == 0, err
         assert Path("f.png").read_bytes()[:8] == PNG_MAGIC
 

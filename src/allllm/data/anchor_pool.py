@@ -35,17 +35,16 @@ _ROW_BITS = 40  # a row is encoded as (shard index << 40) | row: 10^12 rows a sh
 
 
 def normalise(shards: PoolShards) -> PoolShards:
-    """Sorted, one entry per id, zero-row shards left out."""
-    return sorted({(str(s), int(n)) for s, n in shards if int(n) > 0})
+    """Sorted, one entry per id (ids are content hashes: the row count of a repeated id is the
+    same; if not, the largest is kept), zero-row shards left out."""
+    one = dict(sorted((str(s), int(n)) for s, n in shards if int(n) > 0))
+    return sorted(one.items())
 
 
 def _seed(seed: int, pass_index: int, block: int) -> int:
+    """A block's shuffle seed, from the state alone (no global RNG), so a resume redraws it."""
     digest = hashlib.sha256(f"anchor:{seed}:{pass_index}:{block}".encode()).digest()
     return int.from_bytes(digest[:8], "little")
-
-
-def _shuffle(rows: np.ndarray, seed: int) -> np.ndarray:
-    return rows[np.random.Generator(np.random.PCG64(seed)).permutation(rows.size)]
 
 
 @dataclass
@@ -68,10 +67,12 @@ class AnchorPool:
 
     @classmethod
     def fresh(cls, seed: int) -> AnchorPool:
+        """A pool that has drawn nothing: the first draw starts pass 0."""
         return cls(seed=int(seed))
 
     # -- the stored form -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON for the checkpoint: a few ints and the blocks' shard lists."""
         return {
             "seed": self.seed,
             "pass_index": self.pass_index,
@@ -97,18 +98,28 @@ class AnchorPool:
                 for b in data["blocks"]
             ]
             pool = cls(_int(data["seed"]), _int(data["pass_index"]), _int(data["cursor"]), blocks)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"checkpoint anchor pool is malformed ({exc!r})") from None
-        if pool.cursor < 0 or any(b.start > pool.cursor for b in blocks):
-            raise DataError("checkpoint anchor pool is malformed (cursor before a block)")
+        except KeyError as exc:
+            raise _malformed(f"no {exc.args[0]!r}") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise _malformed(str(exc) or type(exc).__name__) from None
+        starts = [b.start for b in blocks]
+        if pool.cursor < 0 or pool.pass_index < 0 or (blocks and starts[0] != 0):
+            raise _malformed("negative cursor or pass, or a pass not starting at 0")
+        if starts != sorted(starts) or any(s > pool.cursor for s in starts):
+            raise _malformed("blocks out of order or past the cursor")
+        if any(
+            b.shards != normalise(b.shards) or len({s for s, _ in b.shards}) < len(b.shards)
+            for b in blocks
+        ):
+            raise _malformed("a block's shards are not sorted, unique and non-empty")
         return pool
 
     # -- drawing ---------------------------------------------------------------------------------
     def pass_rows(self) -> int:
         """Rows in the current pass (0 before the first draw)."""
-        if not self.blocks:
-            return 0
-        return self.blocks[-1].start + int(self._order().size)
+        if len(self.blocks) <= 1:  # one block: the whole pool, no order needed
+            return sum(n for _, n in self.blocks[0].shards) if self.blocks else 0
+        return self.blocks[-1].start + int(self._order(shuffle_last=False)[0].size)
 
     def remaining(self, shards: PoolShards) -> int:
         """Rows left in the current pass if ``shards`` were drawn from now."""
@@ -116,7 +127,7 @@ class AnchorPool:
         if not self.blocks:
             return sum(n for _, n in shards)
         pool = self if shards == self.blocks[-1].shards else self._changed(shards)
-        return pool.pass_rows() - pool.cursor
+        return max(0, pool.pass_rows() - pool.cursor)
 
     def draw(self, shards: PoolShards, n: int) -> tuple[dict[str, list[int]], AnchorPool]:
         """``n`` rows from the pool ``shards``: {shard_id: sorted rows} and the pool after the
@@ -129,28 +140,22 @@ class AnchorPool:
             pool.blocks = [PoolBlock(0, _seed(pool.seed, pool.pass_index, 0), shards)]
         elif shards != pool.blocks[-1].shards:
             pool = pool._changed(shards)
-        names = [s for s, _ in shards]
         taken: list[np.ndarray] = []
         left = n
-        order, last = pool._order(), pool.blocks[-1]
+        order, union = pool._order()
         while left > 0:
-            at = pool.cursor - last.start
+            at = pool.cursor - pool.blocks[-1].start
             if at >= order.size:  # the pass is exhausted: reshuffle the whole pool
                 pool.pass_index += 1
                 pool.cursor = 0
                 pool.blocks = [PoolBlock(0, _seed(pool.seed, pool.pass_index, 0), shards)]
-                order, last = pool._order(), pool.blocks[-1]
+                order, union = pool._order()
                 continue
             part = order[at : at + left]
-            taken.append(part)
+            taken.append(_flat(part, union, shards))
             pool.cursor += int(part.size)
             left -= int(part.size)
-        rows = np.concatenate(taken)
-        index, row = rows >> _ROW_BITS, rows & ((1 << _ROW_BITS) - 1)
-        out: dict[str, list[int]] = {}
-        for k in np.unique(index):
-            out[names[int(k)]] = np.sort(row[index == k]).astype(np.int64).tolist()
-        return out, pool
+        return _by_shard(np.concatenate(taken), shards), pool
 
     # -- the pass's order --------------------------------------------------------------------------
     def _changed(self, shards: PoolShards) -> AnchorPool:
@@ -163,44 +168,66 @@ class AnchorPool:
             [*self.blocks, PoolBlock(self.cursor, seed, shards)],
         )
 
-    def _order(self) -> np.ndarray:
-        """The last block's row order, rows encoded against its own sorted shard list."""
-        order: np.ndarray | None = None
-        previous: PoolShards = []
+    def _order(self, shuffle_last: bool = True) -> tuple[np.ndarray, PoolShards]:
+        """The last block's row order and the union of the pass's shards its rows index.
+
+        Each block is regenerated from the one before (pool changes are rare, so a pass has
+        few blocks); one encoding for all of them means a change only masks rows out. A
+        caller that needs only the last block's size skips its shuffle (``shuffle_last``).
+        """
+        union = sorted({entry for block in self.blocks for entry in block.shards})
+        where = {entry: k for k, entry in enumerate(union)}
+        order = np.zeros(0, np.int64)
+        previous: set[tuple[str, int]] = set()
         for k, block in enumerate(self.blocks):
-            if order is None:
-                rows = _all_rows(block.shards, set())
-            else:
-                # the previous block's undrawn rows of shards still present, plus new shards
+            present = set(block.shards)
+            new = _all_rows([(where[e], e[1]) for e in block.shards if e not in previous])
+            if k:  # the previous block's undrawn rows of shards still present
                 undrawn = order[block.start - self.blocks[k - 1].start :]
-                rows = np.concatenate(
-                    [_recode(undrawn, previous, block.shards), _all_rows(block.shards, previous)]
-                )
-            order = _shuffle(rows, block.seed)
-            previous = block.shards
-        assert order is not None
-        return order
+                keep = np.array([e in present for e in union], dtype=bool)
+                new = np.concatenate([undrawn[keep[undrawn >> _ROW_BITS]], new])
+            order = new
+            if shuffle_last or k < len(self.blocks) - 1:  # in place: ``new`` is a fresh array
+                np.random.Generator(np.random.PCG64(block.seed)).shuffle(order)
+            previous = present
+        return order, union
 
 
-def _all_rows(shards: PoolShards, exclude: PoolShards | set[Any]) -> np.ndarray:
-    """Every row of ``shards`` not in ``exclude`` (a shard there with the same row count)."""
-    skip = set(exclude)
-    parts = [
-        (np.int64(k) << _ROW_BITS) | np.arange(n, dtype=np.int64)
-        for k, (sid, n) in enumerate(shards)
-        if (sid, n) not in skip
-    ]
+def _all_rows(shards: list[tuple[int, int]]) -> np.ndarray:
+    """Every row of the (union index, n_rows) shards, encoded."""
+    parts = [(np.int64(k) << _ROW_BITS) | np.arange(n, dtype=np.int64) for k, n in shards]
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
-def _recode(rows: np.ndarray, old: PoolShards, new: PoolShards) -> np.ndarray:
-    """``rows`` of the pool ``old`` in the encoding of ``new``; rows of shards gone dropped."""
-    where = {entry: k for k, entry in enumerate(new)}
-    mapping = np.array([where.get(entry, -1) for entry in old], dtype=np.int64)
-    index = rows >> _ROW_BITS
-    target = mapping[index] if mapping.size else np.zeros(0, np.int64)
-    keep = target >= 0
-    return (target[keep] << _ROW_BITS) | (rows[keep] & ((1 << _ROW_BITS) - 1))
+def _flat(rows: np.ndarray, union: PoolShards, shards: PoolShards) -> np.ndarray:
+    """Encoded rows of the pool ``shards`` as positions in its concatenated rows."""
+    offset = dict(zip(shards, np.cumsum([0] + [n for _, n in shards]).tolist()))
+    base = np.array([offset.get(entry, 0) for entry in union], dtype=np.int64)
+    return base[rows >> _ROW_BITS] + (rows & ((1 << _ROW_BITS) - 1))
+
+
+def _by_shard(flat: np.ndarray, shards: PoolShards) -> dict[str, list[int]]:
+    """Positions as {shard_id: sorted rows}; a large draw counts rows rather than sorting them."""
+    total = sum(n for _, n in shards)
+    if flat.size * 8 > total:
+        flat = np.repeat(np.arange(total, dtype=np.int64), np.bincount(flat, minlength=total))
+    else:
+        flat = np.sort(flat)
+    edges = np.cumsum([0] + [n for _, n in shards])
+    cuts = np.searchsorted(flat, edges)
+    return {
+        sid: (flat[cuts[k] : cuts[k + 1]] - edges[k]).tolist()
+        for k, (sid, _) in enumerate(shards)
+        if cuts[k + 1] > cuts[k]
+    }
+
+
+def _malformed(why: str) -> DataError:
+    """The one-line error of a stored pool that cannot be trusted to redraw the same rows."""
+    return DataError(
+        f"checkpoint anchor pool is malformed ({why})",
+        "the checkpoint's trainer state was edited or damaged; restore it from a backup",
+    )
 
 
 def _int(value: Any) -> int:

@@ -81,6 +81,9 @@ def test_a_workspace_of_allllm_0_1_0_finishes_its_pending_run(v1: Path) -> None:
     # its shards have no per-document sidecar: their documents came from the token stream
     # (split at EOS), and the ledger the finished run wrote lists them
     assert state.ledger and sum(s["count"] for s in state.ledger) > 0
+    # trainer state 4: the run finished here is the forgetting matrix's first column,
+    # numbered after the 0.1.0 run before it (which has no frozen subset); no anchor drawn
+    assert [s["run"] for s in state.eval_subsets] == [2] and state.anchor is None
     for record in list(seen_file["shards"].values()) + list(state.seen.values()):
         assert (record["val_seed"], record["val_fraction"]) == split
     runs = [json.loads(line) for line in (CKPT / "runs.jsonl").read_text().splitlines()]
@@ -214,7 +217,8 @@ def test_file_formats_migrate_older_versions_step_by_step() -> None:
 def test_every_file_format_has_a_migration_for_each_older_version() -> None:
     from allllm.data.seen import SEEN_FORMAT
     from allllm.data.shard_format import META_FORMAT
+    from allllm.train.evals_log import EVALS_FORMAT
     from allllm.train.state import STATE_FORMAT
 
-    for fmt in (STATE_FORMAT, SEEN_FORMAT, META_FORMAT):
+    for fmt in (STATE_FORMAT, SEEN_FORMAT, META_FORMAT, EVALS_FORMAT):
         assert all(v in fmt.migrations for v in range(1, fmt.current)), fmt.kind

@@ -55,7 +55,9 @@ def close_run(
 def missing_row(cfg: Config, state: TrainState) -> bool:
     """True when ``state`` ends a run whose matrix row is not in ``evals.jsonl`` yet."""
     run = state.run
-    if run is None or not run.complete or not state.eval_subsets:
+    if cfg.train.forgetting_eval_tokens <= 0 or run is None or not run.complete:
+        return False
+    if not state.eval_subsets:
         return False
     return not has_row(cfg.checkpoint_path, state.step, run.run_id)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from allllm.errors import AllllmError, CheckpointError
 from allllm.use.forgetting import Matrix, build_matrix, read_rows
-from allllm.use.plot import PLOT_HINT
+from allllm.use.plot import PLOT_HINT, save_png
 
 
 def read_matrix(checkpoint_dir: Path) -> Matrix:
@@ -71,15 +71,7 @@ def draw_matrix(matrix: Matrix, out: Path, title: str) -> Path:
     curves.grid(alpha=0.3)
     curves.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, format="png")
-    except OSError as exc:
-        raise AllllmError(
-            f"cannot write {out}: {exc.strerror or exc}", "choose another --out path"
-        ) from None
-    return out
+    return save_png(fig, out)
 
 
 def plot_forgetting(checkpoint_dir: Path, out: str | Path, *, name: str) -> tuple[Path, Matrix]:

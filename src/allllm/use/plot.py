@@ -181,6 +181,11 @@ def draw(curves: LossCurves, out: Path, title: str) -> Path:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right")
+    return save_png(fig, out)
+
+
+def save_png(fig: Any, out: Path) -> Path:
+    """Lay out and write a figure as a PNG (an unwritable path is a one-line error)."""
     fig.tight_layout()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)

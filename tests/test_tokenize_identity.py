@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import zstandard
 
 from allllm.config import TokenizerConfig
 from allllm.data.tokenize.encode import StreamEncoder
@@ -63,6 +64,9 @@ def _workspace() -> None:
     records = [{"text": real_text(900, start=k)} for k in range(4)] + [{"text": "  "}]
     write_raw("d.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     write_raw("e.txt.gz", gzip.compress(real_text(2500, start=9).encode()))
+    more = [{"text": real_text(700, start=20 + k)} for k in range(3)]
+    zst = zstandard.ZstdCompressor().compress("".join(json.dumps(r) + "\n" for r in more).encode())
+    write_raw("f.json.zst", zst)
 
 
 @pytest.mark.parametrize("boundary", ["file", "blank_line", "line"])
@@ -79,7 +83,7 @@ def test_ids_equal_whole_document_encoding(
         tok = TokenizerManager.from_config(tok_cfg)
         summary = tokenize(cfg, **SMALL)
         shards = check_all(cfg.data_dir, cfg, tok)
-        assert len(shards) == len(summary.shards) == 5  # one shard per source
+        assert len(shards) == len(summary.shards) == 6  # one shard per source
         for shard in shards:
             (source,) = shard.meta.sources
             docs = documents(Path(source.path), cfg)

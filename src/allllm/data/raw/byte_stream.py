@@ -19,14 +19,79 @@ from allllm.errors import DataError
 DECODE_HINT = 'set data.on_decode_error to "replace" or fix the file'
 
 
+#: the largest zstd window accepted: SlimPajama and DCLM use windows (window_log up to 31)
+#: the default decoder limit (2^27) refuses
+ZSTD_MAX_WINDOW = 1 << 31
+
+
+class _ZstdStream:
+    """A zstd stream read in order, frame after frame; a stream that ends inside a frame
+    (a truncated file) is an EOFError, where zstandard's own stream reader ends quietly."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        import zstandard
+
+        self._raw = raw
+        self._dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
+        self._obj = self._dctx.decompressobj()
+        self._in_frame = False
+        self._buf = bytearray()
+        self._done = False
+        self.produced = 0  # decompressed bytes so far (an error names how far it got)
+
+    def read(self, n: int) -> bytes:
+        while len(self._buf) < n and not self._done:
+            chunk = self._raw.read(1 << 20)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("the file ends inside a zstd frame (truncated)")
+                self._done = True
+                break
+            self._feed(chunk)
+        out = bytes(self._buf[:n])
+        del self._buf[:n]
+        return out
+
+    def _feed(self, chunk: bytes) -> None:
+        while chunk:
+            self._in_frame = True
+            out = self._obj.decompress(chunk)
+            self.produced += len(out)
+            self._buf += out
+            if not self._obj.eof:
+                return
+            chunk = self._obj.unused_data  # the next frame began in this chunk
+            self._obj = self._dctx.decompressobj()
+            self._in_frame = False
+
+    def close(self) -> None:
+        self._buf = bytearray()
+
+
+def _decompressing(raw: BinaryIO, codec: str | None) -> BinaryIO:
+    if codec == "gzip":
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if codec == "zstd":
+        return _ZstdStream(raw)  # type: ignore[return-value]
+    return raw
+
+
+_CODEC_HELP = {
+    "gzip": ("gzip", "re-create the .gz file (`gzip -t FILE` tests one)"),
+    "zstd": ("zstd", "re-create the .zst file (`zstd -t FILE` tests one)"),
+}
+
+
 class SourceReader:
-    """The byte stream of a source (decompressed for ``.gz``) from ``start`` up to ``end``."""
+    """The byte stream of a source (decompressed for ``.gz`` / ``.zst``) from ``start`` up to
+    ``end``; ``codec`` is None, ``"gzip"`` or ``"zstd"``."""
 
     def __init__(
-        self, path: Path, display: str, compressed: bool, start: int, end: int | None
+        self, path: Path, display: str, codec: str | None, start: int, end: int | None
     ) -> None:
         self.display = display
-        self.compressed = compressed
+        self.codec = codec
+        self.compressed = codec is not None
         self.pos = start
         self.end = end
         try:
@@ -35,9 +100,9 @@ class SourceReader:
             raise DataError(
                 f"{display}: cannot read: {exc.strerror}", "check that it exists and is readable"
             ) from None
-        self._f: BinaryIO = gzip.GzipFile(fileobj=self._raw, mode="rb") if compressed else self._raw
+        self._f: BinaryIO = _decompressing(self._raw, codec)
         try:
-            if start and not compressed:
+            if start and not self.compressed:
                 self._raw.seek(start)
             elif start:  # only re-reads inside this module skip into a .gz
                 skipped = 0
@@ -53,11 +118,13 @@ class SourceReader:
     def _read(self, n: int) -> bytes:
         try:
             return self._f.read(n)
-        except (OSError, EOFError, zlib.error) as exc:
-            if self.compressed:
+        except (OSError, EOFError, zlib.error, _zstd_error()) as exc:
+            if self.codec is not None:
+                name, hint = _CODEC_HELP[self.codec]
+                done = max(self.pos, getattr(self._f, "produced", 0))
                 raise DataError(
-                    f"{self.display}: broken gzip data after {self.pos} decompressed bytes ({exc})",
-                    "re-create the .gz file (`gzip -t FILE` tests one)",
+                    f"{self.display}: broken {name} data after {done} decompressed bytes ({exc})",
+                    hint,
                 ) from None
             reason = exc.strerror if isinstance(exc, OSError) else str(exc)
             raise DataError(f"{self.display}: cannot read at byte {self.pos}: {reason}") from None
@@ -95,6 +162,14 @@ class SourceReader:
         if self._f is not self._raw:
             self._f.close()
         self._raw.close()
+
+
+def _zstd_error() -> type[Exception]:
+    """zstandard's error type (an OSError stand-in when zstandard is not imported yet)."""
+    import sys
+
+    module = sys.modules.get("zstandard")
+    return module.ZstdError if module is not None else OSError
 
 
 def make_decoder(

@@ -2,7 +2,8 @@
 
 ``resolve_sources`` turns the config's paths (files, folders, globs, or a list of
 them) into a deterministic list of ``RawSource``; ``source_kind`` tells raw input
-(``.txt``, ``.txt.gz``, ``.jsonl`` and ``.jsonl.gz``, any case) from other files.
+(``.txt``, ``.jsonl`` and ``.json`` — JSON lines — each plain, ``.gz``, ``.zst`` or
+``.zstd``, any case) from other files.
 Finding is kept apart from reading (``read``): it looks only at names, folders and
 file metadata, never at the text.
 """
@@ -29,14 +30,18 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# suffix -> (format, compressed); the .gz ones first so they win
-SUFFIXES: dict[str, tuple[Literal["txt", "jsonl"], bool]] = {
-    ".txt.gz": ("txt", True),
-    ".jsonl.gz": ("jsonl", True),
-    ".txt": ("txt", False),
-    ".jsonl": ("jsonl", False),
-}
-_KNOWN = ".txt, .txt.gz, .jsonl or .jsonl.gz"
+Codec = Literal["gzip", "zstd"]
+_CODECS: dict[str, Codec | None] = {"": None, ".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
+_FORMATS: dict[str, Literal["txt", "jsonl"]] = {".txt": "txt", ".jsonl": "jsonl", ".json": "jsonl"}
+# suffix -> (format, codec): every format with every codec; the longest suffixes first so
+# ".jsonl.gz" is never read as ".gz" of something else
+SUFFIXES: dict[str, tuple[Literal["txt", "jsonl"], Codec | None]] = dict(
+    sorted(
+        ((f + c, (fmt, codec)) for f, fmt in _FORMATS.items() for c, codec in _CODECS.items()),
+        key=lambda kv: -len(kv[0]),
+    )
+)
+_KNOWN = ".txt, .jsonl or .json (JSON lines), each plain or .gz, .zst, .zstd"
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -45,9 +50,14 @@ class RawSource:
     """One raw input file."""
 
     path: Path  # as found (relative to the current directory if it was given relative)
-    size: int  # bytes on disk (compressed size for .gz)
+    size: int  # bytes on disk (compressed size for .gz / .zst)
     format: Literal["txt", "jsonl"]
-    compressed: bool  # .gz
+    codec: Codec | None  # gzip (.gz), zstd (.zst, .zstd) or None
+
+    @property
+    def compressed(self) -> bool:
+        """A compressed stream: read whole, never by byte range (no appended bytes)."""
+        return self.codec is not None
 
     @property
     def display(self) -> str:
@@ -60,8 +70,8 @@ class RawSource:
         return str(self.path)
 
 
-def source_kind(name: str) -> tuple[Literal["txt", "jsonl"], bool] | None:
-    """``(format, compressed)`` for a file name, or None if it is not raw input."""
+def source_kind(name: str) -> tuple[Literal["txt", "jsonl"], Codec | None] | None:
+    """``(format, codec)`` for a file name, or None if it is not raw input."""
     low = name.lower()
     for suffix, kind in SUFFIXES.items():
         if low.endswith(suffix):

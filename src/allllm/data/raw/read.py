@@ -84,7 +84,7 @@ def iter_batches(
     if source.compressed and (start or end is not None):
         raise DataError(
             f"{source.display}: a byte range of a compressed file cannot be read",
-            "decompress it (gunzip) so appended text can be read on its own",
+            "decompress it (gunzip, zstd -d) so appended text can be read on its own",
         )
     splitter = SourceSplitter(
         source,

@@ -27,6 +27,7 @@ import re
 from collections.abc import Iterator
 from itertools import accumulate, compress
 from operator import add
+from pathlib import Path
 from typing import Any
 
 from allllm.data.raw.byte_stream import (
@@ -67,7 +68,7 @@ class SourceSplitter:
 
     def __init__(
         self,
-        source: Any,  # a RawSource (path, display, format, compressed); arguments checked there
+        source: Any,  # a RawSource (path, display, format, codec); arguments checked there
         *,
         boundary: str,
         text_field: str,
@@ -78,7 +79,7 @@ class SourceSplitter:
         max_record_bytes: int,
     ) -> None:
         self.path, self.display = source.path, source.display
-        self.fmt, self.compressed = source.format, source.compressed
+        self.fmt, self.codec, self.compressed = source.format, source.codec, source.compressed
         self.boundary, self.text_field = boundary, text_field
         self.strict = on_decode_error == "error"
         self.chunk, self.max_record = chunk_bytes, max_record_bytes
@@ -89,7 +90,7 @@ class SourceSplitter:
         self.join = ""  # blank_line: "\n" when the current line continues an open paragraph
 
     def _reread(self, a: int, b: int) -> Iterator[tuple[str, int]]:
-        reader = SourceReader(self.path, self.display, self.compressed, a, b)
+        reader = SourceReader(self.path, self.display, self.codec, a, b)
         try:
             for at, data in char_blocks(reader, self.chunk, a):
                 yield self.decode(data, at), at + len(data)
@@ -97,7 +98,7 @@ class SourceSplitter:
             reader.close()
 
     def batches(self) -> Iterator[PieceBatch]:
-        self.rd = SourceReader(self.path, self.display, self.compressed, self.start, self.end)
+        self.rd = SourceReader(self.path, self.display, self.codec, self.start, self.end)
         try:
             self.b = BatchBuilder(self.start, TENTATIVE_CHUNKS * self.chunk, self._reread)
             head = self.rd.read_head(3) if self.start == 0 else b""
@@ -307,6 +308,11 @@ class SourceSplitter:
         where += f" (byte {offset})"
         field = self.text_field
         hint = f"each line must be a JSON object whose {field!r} field holds the text"
+        if n == 1 and not self.start and line.lstrip().startswith("["):
+            raise DataError(
+                f"{self.display}: holds one JSON array, not JSON lines (one object a line)",
+                f"convert it: jq -c '.[]' {self.display} > {Path(self.display).stem}.jsonl",
+            )
         try:
             record = json.loads(line)
         except RecursionError:

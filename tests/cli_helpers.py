@@ -26,13 +26,15 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
     return code, out, err
 
 
-def heavy_imports_of(args: list[str]) -> list[str]:
-    """Which of torch / transformers ``allllm ARGS`` imports, run in a fresh interpreter."""
+def heavy_imports_of(
+    args: list[str], modules: tuple[str, ...] = ("torch", "transformers")
+) -> list[str]:
+    """Which of ``modules`` ``allllm ARGS`` imports, run in a fresh interpreter."""
     code = (
         "import sys; from allllm.cli import main\n"
         f"try:\n    main({args!r})\nexcept SystemExit as exc:\n"
         "    assert exc.code in (0, None), exc.code\n"
-        "print('heavy:', *[m for m in ('torch', 'transformers') if m in sys.modules])"
+        f"print('heavy:', *[m for m in {modules!r} if m in sys.modules])"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

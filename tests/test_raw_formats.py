@@ -61,7 +61,8 @@ def test_every_format_has_every_codec() -> None:
             assert source_kind("X" + fmt + codec.upper()) is not None, fmt + codec
     assert source_kind("a.json.zst") == ("jsonl", "zstd")
     assert source_kind("a.txt.gz") == ("txt", "gzip")
-    assert source_kind("a.parquet.gz") is None and len(SUFFIXES) == 12
+    assert source_kind("a.parquet.gz") is None and len(SUFFIXES) == 14
+    assert source_kind("A.PARQUET") == ("parquet", None) and source_kind("x.arrow")[0] == "arrow"
 
 
 def test_each_record_gets_the_backends_own_ids(workspace: Path) -> None:

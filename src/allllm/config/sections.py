@@ -203,6 +203,8 @@ class DataConfig(_Strict):
     formats: list[Literal["jsonl", "bin"]] = Field(default_factory=lambda: ["jsonl", "bin"])
     document_boundary: Literal["file", "blank_line", "line"] = "file"
     text_field: str = "text"
+    # the longest record (a JSON line, a Parquet or Arrow value) read; one over it is an error
+    max_document_bytes: int = Field(default=1 << 30, ge=1)
     on_decode_error: Literal["error", "replace"] = "error"
     pack_below_bytes: int = Field(default=1_000_000, ge=0)
     val_fraction: float = Field(default=0.01, ge=0.0, le=0.5)

@@ -67,6 +67,7 @@ class _RawFeed:
                 boundary=cfg.document_boundary,
                 text_field=cfg.text_field,
                 on_decode_error=cfg.on_decode_error,
+                max_record_bytes=cfg.max_document_bytes,
             ):
                 self.documents += sum(batch.doc_starts)
                 yield from batch.texts

@@ -172,6 +172,8 @@ def _totals_table(summary: TokenizeSummary, width: int) -> Table:
     # --force only: rebuilds identical to an intact shard (discarded) / repairing a broken one
     figures += [(k, f"{len(v):,}") for k, v in (("unchanged", summary.unchanged),
                                                 ("replaced", summary.replaced)) if v]  # fmt: skip
+    if summary.empty_records:  # records with empty or whitespace-only text, skipped
+        figures.append(("empty records", f"{summary.empty_records:,}"))
     figures += [
         ("time", f"{summary.seconds:.1f} s"),
         ("MB/s", f"{summary.mb_per_s:.1f}" if summary.mb_per_s else "-"),

@@ -3,7 +3,9 @@
 ``resolve_sources`` turns the config's paths (files, folders, globs, or a list of
 them) into a deterministic list of ``RawSource``; ``source_kind`` tells raw input
 (``.txt``, ``.jsonl`` and ``.json`` — JSON lines — each plain, ``.gz``, ``.zst`` or
-``.zstd``, any case) from other files.
+``.zstd``; ``.parquet``; ``.arrow``; any case) from other files. The metadata files
+``datasets``' ``save_to_disk`` writes beside its ``.arrow`` files (``state.json``,
+``dataset_info.json``, ``dataset_dict.json``) are not sources.
 Finding is kept apart from reading (``read``): it looks only at names, folders and
 file metadata, never at the text.
 """
@@ -22,8 +24,11 @@ from allllm.data.shard_format import parse_shard_name
 from allllm.errors import DataError
 
 __all__ = [
+    "RECORD_FORMATS",
+    "SAVE_TO_DISK_METADATA",
     "SUFFIXES",
     "RawSource",
+    "path_identity",
     "resolve_sources",
     "source_kind",
 ]
@@ -31,17 +36,27 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Codec = Literal["gzip", "zstd"]
+Format = Literal["txt", "jsonl", "parquet", "arrow"]
 _CODECS: dict[str, Codec | None] = {"": None, ".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
-_FORMATS: dict[str, Literal["txt", "jsonl"]] = {".txt": "txt", ".jsonl": "jsonl", ".json": "jsonl"}
-# suffix -> (format, codec): every format with every codec; the longest suffixes first so
-# ".jsonl.gz" is never read as ".gz" of something else
-SUFFIXES: dict[str, tuple[Literal["txt", "jsonl"], Codec | None]] = dict(
+_FORMATS: dict[str, Format] = {".txt": "txt", ".jsonl": "jsonl", ".json": "jsonl"}
+# suffix -> (format, codec): every text format with every codec, plus the columnar formats
+# (compressed inside, by column); the longest suffixes first so ".jsonl.gz" is never read
+# as ".gz" of something else
+SUFFIXES: dict[str, tuple[Format, Codec | None]] = dict(
     sorted(
-        ((f + c, (fmt, codec)) for f, fmt in _FORMATS.items() for c, codec in _CODECS.items()),
+        [
+            *((f + c, (fmt, codec)) for f, fmt in _FORMATS.items() for c, codec in _CODECS.items()),
+            (".parquet", ("parquet", None)),
+            (".arrow", ("arrow", None)),
+        ],
         key=lambda kv: -len(kv[0]),
     )
 )
-_KNOWN = ".txt, .jsonl or .json (JSON lines), each plain or .gz, .zst, .zstd"
+#: formats of one record a document, read from ``data.text_field``
+RECORD_FORMATS = frozenset({"jsonl", "parquet", "arrow"})
+#: what ``datasets``' ``save_to_disk`` writes beside its .arrow files: metadata, not text
+SAVE_TO_DISK_METADATA = frozenset({"state.json", "dataset_info.json", "dataset_dict.json"})
+_KNOWN = ".txt, .jsonl or .json (JSON lines), each plain or .gz, .zst, .zstd; .parquet; .arrow"
 _GLOB_CHARS = frozenset("*?[")
 
 
@@ -51,13 +66,28 @@ class RawSource:
 
     path: Path  # as found (relative to the current directory if it was given relative)
     size: int  # bytes on disk (compressed size for .gz / .zst)
-    format: Literal["txt", "jsonl"]
+    format: Format
     codec: Codec | None  # gzip (.gz), zstd (.zst, .zstd) or None
 
     @property
     def compressed(self) -> bool:
-        """A compressed stream: read whole, never by byte range (no appended bytes)."""
+        """A compressed stream (.gz, .zst): decompressed in order from its start."""
         return self.codec is not None
+
+    @property
+    def columnar(self) -> bool:
+        """A Parquet or Arrow file: read by row group / record batch, never as bytes."""
+        return self.format in ("parquet", "arrow")
+
+    @property
+    def immutable(self) -> bool:
+        """Read whole, never by byte range: a changed file is redone whole (no appending)."""
+        return self.compressed or self.columnar
+
+    @property
+    def records(self) -> bool:
+        """One record a document (``data.text_field``), whatever ``document_boundary`` says."""
+        return self.format in RECORD_FORMATS
 
     @property
     def display(self) -> str:
@@ -70,13 +100,34 @@ class RawSource:
         return str(self.path)
 
 
-def source_kind(name: str) -> tuple[Literal["txt", "jsonl"], Codec | None] | None:
+def source_kind(name: str) -> tuple[Format, Codec | None] | None:
     """``(format, codec)`` for a file name, or None if it is not raw input."""
     low = name.lower()
     for suffix, kind in SUFFIXES.items():
         if low.endswith(suffix):
             return kind
     return None
+
+
+def path_identity(path: str | os.PathLike[str], cwd: Path | None = None) -> str:
+    """Who a source is across runs: its folder resolved (so spellings and folder symlinks
+    agree), its own name as found — not resolved, so a Hugging Face cache file, a symlink
+    into ``blobs/<hash>``, keeps its name when a new revision points it at a new blob —
+    and a hub cache's ``snapshots/<revision>`` counted as one folder, so a new revision
+    of one file is one changed source, not all-new sources. Whether a source changed is
+    then told by its bytes (sha256), never by its path."""
+    p = Path(os.path.expanduser(os.fspath(path)))
+    if not p.is_absolute():
+        p = (cwd or Path.cwd()) / p
+    parts = (*Path(os.path.realpath(p.parent)).parts, p.name)
+    for i in range(1, len(parts) - 2):
+        if parts[i] == "snapshots" and parts[i - 1].startswith(_HUB_REPO_PREFIXES):
+            parts = (*parts[: i + 1], "@revision", *parts[i + 2 :])
+            break
+    return str(Path(*parts))
+
+
+_HUB_REPO_PREFIXES = ("datasets--", "models--", "spaces--")
 
 
 # -- finding the sources ------------------------------------------------------------------------
@@ -147,9 +198,10 @@ class _Resolver:
                 self.warn(f"{folder}: cannot list this folder ({exc.strerror}), skipped")
                 continue
             children: list[tuple[Path, frozenset[tuple[int, int]] | None]] = []
+            metadata = _save_to_disk_metadata(entries)
             for e in entries:
-                if e.name.startswith("."):
-                    continue  # hidden: .git, .allllm, editor and OS files
+                if e.name.startswith(".") or e.name in metadata:
+                    continue  # hidden (.git, .allllm, editor and OS files); save_to_disk's JSON
                 p = folder / e.name
                 try:
                     is_dir, is_file = e.is_dir(), e.is_file()
@@ -221,6 +273,28 @@ class _Resolver:
         if self.shards:
             parts.append(f"{self.shards} allllm shard file(s)")
         return "; ".join(parts)
+
+
+def _save_to_disk_metadata(entries: list[os.DirEntry[str]]) -> frozenset[str]:
+    """The names in one folder that are ``save_to_disk`` metadata rather than JSON lines:
+    ``state.json`` / ``dataset_info.json`` beside ``.arrow`` files, ``dataset_dict.json``
+    beside the split folders of a DatasetDict."""
+    names = {e.name for e in entries}
+    found = names & SAVE_TO_DISK_METADATA
+    if not found:
+        return frozenset()
+    if any(n.lower().endswith(".arrow") for n in names):
+        return frozenset(found)
+    if "dataset_dict.json" in found and any(_is_dir(e) for e in entries):
+        return frozenset({"dataset_dict.json"})
+    return frozenset()
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def _stat(path: Path, warn: Callable[[str], None]) -> os.stat_result | None:

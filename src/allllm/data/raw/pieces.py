@@ -38,7 +38,8 @@ class PieceBatch:
     ``start``); ``doc_starts[i]`` says it is the first piece of its document. A piece
     is the last of its document when the next piece starts one, or, for the batch's
     last piece, when the batch is not ``open`` (its document goes on in the next
-    batch). ``read_bytes`` is how far the file on disk has been read (compressed bytes
+    batch). ``skipped`` counts the empty records passed over since the batch before.
+    ``read_bytes`` is how far the file on disk has been read (compressed bytes
     for ``.gz``), for progress bars over ``RawSource.size``.
     """
 
@@ -48,6 +49,7 @@ class PieceBatch:
     start: int
     open: bool
     read_bytes: int
+    skipped: int = 0  # records (JSON, Parquet, Arrow) whose text was empty or whitespace
 
     @property
     def end(self) -> int:
@@ -80,6 +82,7 @@ class BatchBuilder:
         self.tent_over = False  # too big to keep: read it again if it turns out to be text
         self.cap = cap
         self.reread = reread
+        self.skipped = 0  # empty records since the last batch (handed on by flush)
 
     def _final(self, text: str, end: int, first: bool) -> None:
         self.texts.append(text)
@@ -144,11 +147,15 @@ class BatchBuilder:
                 return None
             ends[-1] = final_end
             self.texts, self.ends, self.firsts = [], [], []
-            return PieceBatch(texts, ends, firsts, self.batch_start, False, read_bytes)
+            skipped, self.skipped = self.skipped, 0
+            return PieceBatch(texts, ends, firsts, self.batch_start, False, read_bytes, skipped)
         if len(texts) < 2:
             return None
         keep = texts.pop(), ends.pop(), firsts.pop()
-        batch = PieceBatch(texts, ends, firsts, self.batch_start, not keep[2], read_bytes)
+        skipped, self.skipped = self.skipped, 0
+        batch = PieceBatch(
+            texts, ends, firsts, self.batch_start, not keep[2], read_bytes, skipped
+        )
         self.batch_start = ends[-1]
         self.texts, self.ends, self.firsts = [keep[0]], [keep[1]], [keep[2]]
         return batch

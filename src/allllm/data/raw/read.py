@@ -8,17 +8,20 @@ need speed more than per-piece objects. ``source_sha256`` and ``source_identity`
 recognize a source again across runs. The splitting itself is ``split``'s job;
 this module checks the arguments and shapes its output.
 
-Input: ``.txt``, ``.txt.gz``, ``.jsonl`` and ``.jsonl.gz`` (any case), UTF-8; a
-leading BOM is dropped. Documents per ``data.document_boundary``:
+Input: ``.txt``, ``.jsonl`` and ``.json`` (JSON lines), each plain or compressed
+(``.gz``, ``.zst``, ``.zstd``), any case, UTF-8 (a leading BOM is dropped); and
+Parquet and Arrow files (``columnar``). Documents per ``data.document_boundary``:
 
 - ``file``: the whole file, as-is (``\\r\\n`` kept);
 - ``line``: each line, without its ``\\n`` / ``\\r\\n``;
 - ``blank_line``: paragraphs separated by one or more blank (whitespace-only)
   lines, their lines joined with ``\\n``, without a trailing newline;
-- ``.jsonl``: one record a document (its ``data.text_field``), whatever the boundary.
+- JSON lines, Parquet, Arrow: one record a document (its ``data.text_field``),
+  whatever the boundary; a record over ``max_record_bytes``
+  (``data.max_document_bytes``) is an error.
 
-Documents that are empty or only whitespace are skipped; so are blank lines of a
-``.jsonl`` file. "Whitespace" is what ``str.isspace`` says. Only ``\\n`` and
+Documents that are empty or only whitespace are skipped (records: counted in
+``PieceBatch.skipped``); so are blank lines of a JSON lines file. "Whitespace" is what ``str.isspace`` says. Only ``\\n`` and
 ``\\r\\n`` end lines (a lone ``\\r``, form feed or U+2028 does not).
 
 Memory stays bounded whatever the input (see ``split``). One pathological
@@ -30,11 +33,10 @@ the start).
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from allllm.data.raw.find import RawSource, resolve_sources
+from allllm.data.raw.find import RawSource, path_identity, resolve_sources
 from allllm.data.raw.pieces import PieceBatch, TextPiece
 from allllm.data.raw.split import SourceSplitter
 from allllm.errors import DataError
@@ -66,12 +68,14 @@ def iter_batches(
     chunk_bytes: int = 1 << 20,
     start: int = 0,
     end: int | None = None,
-    max_record_bytes: int = 256 << 20,
+    max_record_bytes: int = 1 << 30,
+    units: tuple[int, int] | None = None,
 ) -> Iterator[PieceBatch]:
     """The pieces of ``iter_pieces`` as ``PieceBatch`` lists (same arguments and errors).
 
     No object per piece: several times faster than ``iter_pieces`` for many short
-    documents (``line`` mode), so bulk consumers should prefer it.
+    documents (``line`` mode), so bulk consumers should prefer it. ``units`` reads only
+    row groups (Parquet) or record batches (Arrow) ``[a, b)`` of a columnar source.
     """
     if boundary not in BOUNDARIES:
         raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
@@ -81,11 +85,26 @@ def iter_batches(
         raise ValueError("chunk_bytes and max_record_bytes must be positive")
     if start < 0 or (end is not None and end < start):
         raise ValueError(f"bad byte range start={start} end={end}")
-    if source.compressed and (start or end is not None):
+    if source.immutable and (start or end is not None):
+        what = "Parquet or Arrow" if source.columnar else "compressed"
         raise DataError(
-            f"{source.display}: a byte range of a compressed file cannot be read",
-            "decompress it (gunzip, zstd -d) so appended text can be read on its own",
+            f"{source.display}: a byte range of a {what} file cannot be read",
+            "it is read whole (or by row group / record batch); to append text, use an "
+            "uncompressed .txt or .jsonl",
         )
+    if units is not None and not source.columnar:
+        raise ValueError("units name row groups or record batches: Parquet and Arrow only")
+    if source.columnar:
+        from allllm.data.raw.columnar import ColumnarSplitter
+
+        return ColumnarSplitter(
+            source,
+            text_field=text_field,
+            on_decode_error=on_decode_error,
+            chunk_bytes=chunk_bytes,
+            max_record_bytes=max_record_bytes,
+            units=units,
+        ).batches()
     splitter = SourceSplitter(
         source,
         boundary=boundary,
@@ -108,7 +127,8 @@ def iter_pieces(
     chunk_bytes: int = 1 << 20,
     start: int = 0,
     end: int | None = None,
-    max_record_bytes: int = 256 << 20,
+    max_record_bytes: int = 1 << 30,
+    units: tuple[int, int] | None = None,
 ) -> Iterator[TextPiece]:
     """Stream ``source`` as documents, each in one or more pieces of bounded size.
 
@@ -139,6 +159,7 @@ def iter_pieces(
         start=start,
         end=end,
         max_record_bytes=max_record_bytes,
+        units=units,
     ):
         at = batch.start
         starts = batch.doc_starts
@@ -176,6 +197,7 @@ def iter_texts(
             text_field=data_cfg.text_field,
             on_decode_error=data_cfg.on_decode_error,
             chunk_bytes=chunk_bytes,
+            max_record_bytes=data_cfg.max_document_bytes,
         ):
             yield from batch.texts
 
@@ -207,5 +229,5 @@ def source_sha256(source: RawSource, end: int | None = None) -> str:
 
 
 def source_identity(source: RawSource) -> str:
-    """The resolved absolute path, to recognize a source across runs and spellings."""
-    return os.path.realpath(source.path)
+    """Who ``source`` is across runs and spellings (``find.path_identity``)."""
+    return path_identity(source.path)

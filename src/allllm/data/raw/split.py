@@ -289,6 +289,7 @@ class SourceSplitter:
                 continue
             value = self._record_text(line, n, start)
             if value is None:
+                self.b.skipped += 1
                 continue
             if len(value) <= small or len(value.encode("utf-8")) <= self.chunk:
                 texts.append(value)
@@ -356,7 +357,8 @@ class SourceSplitter:
 
     def _too_long(self, n: int, offset: int) -> DataError:
         return DataError(
-            f"{self.display}: line {n} (byte {offset}) is longer than {self.max_record:,} bytes",
-            "a .jsonl record must fit in memory: split it, or check that the file really is "
-            "JSON Lines (one object a line)",
+            f"{self.display}: line {n} (byte {offset}) is longer than data.max_document_bytes "
+            f"({self.max_record:,} bytes)",
+            "raise data.max_document_bytes, split the record, or check that the file really "
+            "is JSON Lines (one object a line)",
         )

@@ -112,10 +112,12 @@ class TokenizePlan:
 
 
 def source_stem(path: Path) -> str:
-    """``notes.txt`` → ``notes``; ``dump.jsonl.gz`` → ``dump``; never hidden (no leading dot)."""
+    """``notes.txt`` → ``notes``; ``dump.jsonl.zst`` → ``dump``; never hidden (no leading dot)."""
+    from allllm.data.raw.find import SUFFIXES
+
     name = path.name
     low = name.lower()
-    for suffix in (".txt.gz", ".jsonl.gz", ".txt", ".jsonl"):
+    for suffix in SUFFIXES:  # longest first
         if low.endswith(suffix):
             name = name[: -len(suffix)]
             break
@@ -135,10 +137,9 @@ def display_path(path: Path, cwd: Path | None = None) -> str:
 
 def identity_of_meta_path(path: str, cwd: Path | None = None) -> str:
     """Resolve a meta ``sources[].path`` the way ``source_identity`` resolves a live source."""
-    p = Path(path)
-    if not p.is_absolute():
-        p = (cwd or Path.cwd()) / p
-    return str(p.resolve())
+    from allllm.data.raw.find import path_identity
+
+    return path_identity(path, cwd)
 
 
 @dataclass(frozen=True)
@@ -271,7 +272,7 @@ def plan_tokenize(
             continue
         if (
             latest is not None
-            and not src.compressed
+            and not src.immutable
             and src.size > latest[0]
             and sha256(src, latest[0]) == latest[1]
         ):

@@ -88,6 +88,7 @@ class TokenizeSummary:
     cleaned: list[str] = field(default_factory=list)  # stems a crashed run left, removed
     warnings: list[str] = field(default_factory=list)
     bytes: int = 0  # raw input bytes read
+    empty_records: int = 0  # JSON / Parquet / Arrow records skipped: empty or whitespace text
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMING_STAGES, 0.0))
 

@@ -1,0 +1,332 @@
+"""Read Parquet and Arrow sources: one document a record, from the ``data.text_field`` column.
+
+Parquet (FineWeb, FineWeb-Edu) is streamed record batch by record batch with
+pyarrow (``iter_batches``, ``pre_buffer=False``, a read buffer), reading only the
+text column, so memory stays bounded also for a 2 GB file written as one row
+group. Arrow IPC files (``datasets``' ``save_to_disk`` writes the *stream*
+format; ``.arrow`` files may also be in the *file* format, magic ``ARROW1``) are
+memory-mapped, so a record batch costs only the pages of its text column.
+
+Offsets: the pieces of a columnar source count records, not bytes — record ``i``
+covers ``[i, i + 1)`` — and ``read_bytes`` estimates the file bytes read (the
+share of the row groups or record batches done), for progress bars. A unit of
+work is a row group (Parquet) or a record batch (Arrow); ``units`` reads a range
+of them. pyarrow is imported here only, when a columnar source is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from allllm.data.raw.byte_stream import DECODE_HINT, split_cut
+from allllm.data.raw.pieces import BatchBuilder, PieceBatch
+from allllm.errors import DataError
+
+ARROW_FILE_MAGIC = b"ARROW1"
+READ_BUFFER_BYTES = 1 << 20  # pyarrow's buffered read of one column chunk
+TARGET_BATCH_BYTES = 8 << 20  # text per record batch read (rows chosen from the metadata)
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow as pa
+        import pyarrow.compute
+        import pyarrow.ipc
+        import pyarrow.parquet  # the submodules register on pa
+    except ImportError:  # pragma: no cover - a dependency; only a broken install lacks it
+        raise DataError(
+            "reading Parquet or Arrow needs pyarrow, which is not installed",
+            "pip install pyarrow",
+        ) from None
+    return pa
+
+
+def _arrow_errors() -> tuple[type[BaseException], ...]:
+    pa = _pyarrow()
+    return (pa.ArrowException, OSError, ValueError)
+
+
+class ColumnarSplitter:
+    """Yields the PieceBatches of one Parquet or Arrow source (see the module docstring)."""
+
+    def __init__(
+        self,
+        source: Any,  # a RawSource of format "parquet" or "arrow"
+        *,
+        text_field: str,
+        on_decode_error: str,
+        chunk_bytes: int,
+        max_record_bytes: int,
+        units: tuple[int, int] | None = None,
+    ) -> None:
+        self.source = source
+        self.display = source.display
+        self.field = text_field
+        self.replace = on_decode_error == "replace"
+        self.chunk, self.max_record = chunk_bytes, max_record_bytes
+        self.units = units
+
+    # -- opening -----------------------------------------------------------------------------------
+    def _missing(self, names: list[str]) -> DataError:
+        have = ", ".join(repr(n) for n in names[:12]) or "no columns"
+        more = f" and {len(names) - 12} more" if len(names) > 12 else ""
+        return DataError(
+            f"{self.display}: no column {self.field!r} (the file has {have}{more})",
+            "set data.text_field to the column that holds the text",
+        )
+
+    def _broken(self, what: str, exc: BaseException) -> DataError:
+        kind = "Parquet" if self.source.format == "parquet" else "Arrow IPC"
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return DataError(
+            f"{self.display}: broken {kind} data {what} ({detail})",
+            "the file is truncated or corrupt: download or write it again",
+        )
+
+    def batches(self) -> Iterator[PieceBatch]:
+        if self.source.format == "parquet":
+            yield from self._parquet()
+        else:
+            yield from self._arrow()
+
+    # -- Parquet -----------------------------------------------------------------------------------
+    def _parquet(self) -> Iterator[PieceBatch]:
+        pa = _pyarrow()
+        errors = _arrow_errors()
+        try:
+            pf = pa.parquet.ParquetFile(
+                self.source.path, buffer_size=READ_BUFFER_BYTES, pre_buffer=False
+            )
+        except errors as exc:
+            raise self._broken("at its footer", exc) from None
+        try:
+            names = pf.schema_arrow.names
+            if self.field not in names:
+                raise self._missing(names)
+            col = names.index(self.field)
+            self._check_type(pf.schema_arrow.field(col).type)
+            meta = pf.metadata
+            groups = range(meta.num_row_groups)
+            if self.units is not None:
+                groups = groups[self.units[0] : self.units[1]]
+            rows_before = [0]
+            for g in range(meta.num_row_groups):
+                rows_before.append(rows_before[-1] + meta.row_group(g).num_rows)
+            total = max(1, rows_before[-1])
+            size = self.source.size
+            first = groups[0] if len(groups) else 0
+            b = BatchBuilder(rows_before[first], 0, _no_reread)
+            for g in groups:
+                rg = meta.row_group(g)
+                column = rg.column(_leaf_index(pf, self.field))
+                per_row = max(1, column.total_uncompressed_size // max(1, rg.num_rows))
+                rows = max(1, min(65_536, TARGET_BATCH_BYTES // per_row))
+                at = rows_before[g]
+                where = f"in row group {g}"
+                try:
+                    for rb in pf.iter_batches(
+                        batch_size=rows, row_groups=[g], columns=[self.field], use_threads=False
+                    ):
+                        self._add(b, rb.column(0), at)
+                        at += rb.num_rows
+                        batch = b.flush(int(size * at / total))
+                        if batch is not None:
+                            yield batch
+                except errors as exc:
+                    raise self._broken(where, exc) from None
+            b.close()
+            last = b.flush(size, final_end=rows_before[groups[-1] + 1] if len(groups) else 0)
+            if last is not None:
+                yield last
+        finally:
+            pf.close()
+
+    # -- Arrow IPC ---------------------------------------------------------------------------------
+    def _arrow(self) -> Iterator[PieceBatch]:
+        pa = _pyarrow()
+        errors = _arrow_errors()
+        try:
+            mm = pa.memory_map(str(self.source.path), "r")
+        except errors as exc:
+            raise DataError(f"{self.display}: cannot read: {exc}") from None
+        try:
+            is_file = mm.read(len(ARROW_FILE_MAGIC)) == ARROW_FILE_MAGIC
+            mm.seek(0)
+            try:
+                reader = pa.ipc.open_file(mm) if is_file else pa.ipc.open_stream(mm)
+            except errors as exc:
+                raise self._broken("at its schema", exc) from None
+            names = reader.schema.names
+            if self.field not in names:
+                raise self._missing(names)
+            col = names.index(self.field)
+            self._check_type(reader.schema.field(col).type)
+            size = self.source.size
+            lo, hi = self.units if self.units is not None else (0, None)
+            b = BatchBuilder(0, 0, _no_reread)
+            at = 0
+            for index, rb in enumerate(_record_batches(reader, is_file, errors, self)):
+                if hi is not None and index >= hi:
+                    break
+                if index < lo:
+                    at += rb.num_rows  # zero-copy: a skipped batch's text is never read
+                    b.batch_start = b.covered = at
+                    continue
+                self._add(b, rb.column(col), at)
+                at += rb.num_rows
+                done = int(size * (index + 1) / reader.num_record_batches) if is_file else mm.tell()
+                batch = b.flush(min(size, done))
+                if batch is not None:
+                    yield batch
+            b.close()
+            last = b.flush(size, final_end=at)
+            if last is not None:
+                yield last
+        finally:
+            mm.close()
+
+    # -- one column of records -------------------------------------------------------------------
+    def _check_type(self, arrow_type: Any) -> None:
+        pa = _pyarrow()
+        t = pa.types
+        ok = t.is_string(arrow_type) or t.is_large_string(arrow_type)
+        ok = ok or (hasattr(t, "is_string_view") and t.is_string_view(arrow_type))
+        if t.is_dictionary(arrow_type):
+            ok = t.is_string(arrow_type.value_type) or t.is_large_string(arrow_type.value_type)
+        if not ok:
+            raise DataError(
+                f"{self.display}: column {self.field!r} is {arrow_type}, not a string",
+                "set data.text_field to the column that holds the text",
+            )
+
+    def _add(self, b: BatchBuilder, column: Any, first_row: int) -> None:
+        """The records of one column chunk: whole documents, or pieces for long ones."""
+        pa = _pyarrow()
+        pc = pa.compute
+        if pa.types.is_dictionary(column.type):
+            column = column.dictionary_decode()
+        if column.null_count:
+            k = column.is_null().to_pylist().index(True)
+            raise DataError(
+                f"{self.display}: record {first_row + k + 1}: column {self.field!r} is null, "
+                "not a string",
+                "drop or fill the null records",
+            )
+        lengths = pc.binary_length(column)
+        longest = pc.max(lengths).as_py() or 0
+        if longest > self.max_record:
+            k = pc.index(lengths, longest).as_py()
+            raise DataError(
+                f"{self.display}: record {first_row + k + 1} is {longest:,} bytes, longer than "
+                f"data.max_document_bytes ({self.max_record:,})",
+                "raise data.max_document_bytes, or split the record",
+            )
+        try:
+            values: list[str] = column.to_pylist()
+        except UnicodeDecodeError:
+            values = self._decode_each(column, first_row)
+        texts: list[str] = []
+        ends: list[int] = []
+        skipped = 0
+        small = self.chunk // 4  # at most 4 bytes a character
+        for i, value in enumerate(values, first_row + 1):
+            if not value or value.isspace():
+                skipped += 1
+                continue
+            if len(value) <= small or len(value.encode("utf-8")) <= self.chunk:
+                texts.append(value)
+                ends.append(i)
+            else:
+                b.whole(texts, ends)
+                texts, ends = [], []
+                self._big_record(b, value, i)
+        b.whole(texts, ends)
+        b.covered = first_row + len(values)
+        b.skipped += skipped
+
+    def _decode_each(self, column: Any, first_row: int) -> list[str]:
+        """Values one by one (the column holds invalid UTF-8): replaced, or an error naming it."""
+        out = []
+        for k in range(len(column)):
+            raw = column[k].as_buffer().to_pybytes()
+            try:
+                out.append(raw.decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                if not self.replace:
+                    raise DataError(
+                        f"{self.display}: record {first_row + k + 1}: invalid UTF-8 at byte "
+                        f"{exc.start} of column {self.field!r}",
+                        DECODE_HINT,
+                    ) from None
+                out.append(raw.decode("utf-8", "replace"))
+        return out
+
+    def _big_record(self, b: BatchBuilder, value: str, end: int) -> None:
+        data = value.encode("utf-8")
+        i = 0
+        while i < len(data):
+            j = len(data) if len(data) - i <= self.chunk else split_cut(data, i, i + self.chunk)
+            b.add(data[i:j].decode("utf-8"), end if j == len(data) else b.covered)
+            i = j
+        b.close()
+
+
+def _leaf_index(pf: Any, name: str) -> int:
+    """The Parquet leaf column of a top-level string field (for its size in the metadata)."""
+    schema = pf.metadata.schema
+    for i in range(len(schema)):
+        if schema.column(i).path == name:
+            return i
+    return 0
+
+
+def _record_batches(
+    reader: Any, is_file: bool, errors: tuple[type[BaseException], ...], owner: ColumnarSplitter
+) -> Iterator[Any]:
+    if is_file:
+        for i in range(reader.num_record_batches):
+            try:
+                yield reader.get_batch(i)
+            except errors as exc:
+                raise owner._broken(f"in record batch {i}", exc) from None
+        return
+    index = 0
+    while True:
+        try:
+            rb = reader.read_next_batch()
+        except StopIteration:
+            return
+        except errors as exc:
+            raise owner._broken(f"in record batch {index}", exc) from None
+        yield rb
+        index += 1
+
+
+def _no_reread(a: int, b: int) -> Iterator[tuple[str, int]]:  # pragma: no cover - never called
+    raise AssertionError("columnar sources hold no whitespace runs of open fate")
+
+
+def unit_count(source: Any) -> int:
+    """Row groups of a Parquet file, record batches of an Arrow file (a cheap metadata read;
+    an Arrow stream's batches are counted by reading their headers from the mapped file)."""
+    pa = _pyarrow()
+    errors = _arrow_errors()
+    splitter = ColumnarSplitter(
+        source, text_field="", on_decode_error="error", chunk_bytes=1, max_record_bytes=1
+    )
+    if source.format == "parquet":
+        try:
+            return int(pa.parquet.ParquetFile(source.path).metadata.num_row_groups)
+        except errors as exc:
+            raise splitter._broken("at its footer", exc) from None
+    with pa.memory_map(str(source.path), "r") as mm:
+        is_file = mm.read(len(ARROW_FILE_MAGIC)) == ARROW_FILE_MAGIC
+        mm.seek(0)
+        try:
+            reader = pa.ipc.open_file(mm) if is_file else pa.ipc.open_stream(mm)
+        except errors as exc:
+            raise splitter._broken("at its schema", exc) from None
+        if is_file:
+            return int(reader.num_record_batches)
+        return sum(1 for _ in _record_batches(reader, False, errors, splitter))

@@ -26,9 +26,7 @@ from tokenize_helpers import check_all, make_config, real_text, whole_document_i
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
-import pyarrow.ipc  # noqa: E402 - after the importorskip
-
-EMPTY = {"": 0, "  \n ": 0}  # texts a record may hold that are skipped (and counted)
+pytest.importorskip("pyarrow.ipc")  # registers pa.ipc
 
 
 def texts(n: int, start: int = 0) -> list[str]:

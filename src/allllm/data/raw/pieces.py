@@ -153,9 +153,7 @@ class BatchBuilder:
             return None
         keep = texts.pop(), ends.pop(), firsts.pop()
         skipped, self.skipped = self.skipped, 0
-        batch = PieceBatch(
-            texts, ends, firsts, self.batch_start, not keep[2], read_bytes, skipped
-        )
+        batch = PieceBatch(texts, ends, firsts, self.batch_start, not keep[2], read_bytes, skipped)
         self.batch_start = ends[-1]
         self.texts, self.ends, self.firsts = [keep[0]], [keep[1]], [keep[2]]
         return batch

@@ -15,8 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import zstandard
+from pyarrow import ipc
 
 from allllm.config import TokenizerConfig
 from allllm.data.tokenize.encode import StreamEncoder
@@ -67,6 +70,11 @@ def _workspace() -> None:
     more = [{"text": real_text(700, start=20 + k)} for k in range(3)]
     zst = zstandard.ZstdCompressor().compress("".join(json.dumps(r) + "\n" for r in more).encode())
     write_raw("f.json.zst", zst)
+    columns = {"text": [real_text(600, start=30 + k) for k in range(3)] + ["  "]}
+    pq.write_table(pa.table(columns), write_raw("g.parquet", b""), row_group_size=2)
+    table = pa.table({"text": [real_text(500, start=40 + k) for k in range(3)]})
+    with ipc.new_stream(str(write_raw("h.arrow", b"")), table.schema) as writer:
+        writer.write_table(table, max_chunksize=2)
 
 
 @pytest.mark.parametrize("boundary", ["file", "blank_line", "line"])
@@ -83,7 +91,7 @@ def test_ids_equal_whole_document_encoding(
         tok = TokenizerManager.from_config(tok_cfg)
         summary = tokenize(cfg, **SMALL)
         shards = check_all(cfg.data_dir, cfg, tok)
-        assert len(shards) == len(summary.shards) == 6  # one shard per source
+        assert len(shards) == len(summary.shards) == 8  # one shard per source
         for shard in shards:
             (source,) = shard.meta.sources
             docs = documents(Path(source.path), cfg)

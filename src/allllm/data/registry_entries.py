@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from allllm.data.digest_cache import DigestCache
 from allllm.data.seen import SeenRecord
 from allllm.data.shard_format import DOCS_SUFFIX, ShardMeta, file_sha256
 from allllm.errors import DataError
@@ -192,22 +193,29 @@ class ScanResult:
         return [e for e in self.shards if e.state in ("new", "seen") and e.eval_only]
 
     def verify(self, entries: Iterable[ShardEntry]) -> list[ShardEntry]:
-        """Check the digests of ``entries`` (train does this for the shards it selected).
+        """Check the digests of ``entries`` (train and eval do this for the shards they use).
 
         A shard whose files do not match meta becomes ``invalid``; returns the ones that failed.
+        Files unchanged since an earlier check are not read again (the data dir's digest
+        cache, ``data/.allllm/digests.json``); a read-only data dir just keeps no cache.
         """
+        cache = DigestCache.for_data_dir(self.data_dir)
         failed = []
         for entry in entries:
-            reason = digest_problem(entry, self.data_dir)
+            reason = digest_problem(entry, self.data_dir, cache)
             if reason:
                 entry.state, entry.reason = "invalid", reason
                 failed.append(entry)
+        cache.save()
         return failed
 
 
-def digest_problem(entry: ShardEntry, data_dir: Path) -> str | None:
+def digest_problem(
+    entry: ShardEntry, data_dir: Path, cache: DigestCache | None = None
+) -> str | None:
     """Compare each data file's sha256, and the ``.docs`` sidecar's, with meta (reads the
-    whole files)."""
+    whole files, except those ``cache`` knows unchanged). The cache records a file's real
+    digest, never meta's, so a changed file stays a mismatch."""
     if entry.meta is None:
         return None
     listed = [
@@ -219,7 +227,10 @@ def digest_problem(entry: ShardEntry, data_dir: Path) -> str | None:
         listed.append((data_dir / f"{entry.name}{DOCS_SUFFIX}", docs.sha256))
     for path, sha256 in listed:
         try:
-            digest = file_sha256(path)
+            if cache is None:
+                digest = file_sha256(path)
+            else:
+                digest = cache.sha256(path, lambda path=path: file_sha256(path))
         except FileNotFoundError:
             return f"file listed in meta missing: {path.name}"
         except OSError as exc:

@@ -26,6 +26,7 @@ from allllm.data.registry import ScanSpec, TokenizerIdentity
 from allllm.data.shard_format import TokenizerInfo, bin_dtype_for, unique_stem
 from allllm.data.tokenize import journal
 from allllm.data.tokenize.encode import EncodeTimings, Pieces, StreamEncoder
+from allllm.data.tokenize.feed import job_pieces, source_record
 from allllm.data.tokenize.plan import (
     Settings,
     ShardJob,
@@ -152,6 +153,7 @@ def tokenize(
     size, the longest text handed to the tokenizer where it may be cut, the text
     per batch call, and the longest document held whole when it has no safe cut.
     """
+    from allllm.data.digest_cache import DigestCache
     from allllm.data.raw import resolve_sources, source_identity, source_sha256
 
     started = time.perf_counter()
@@ -177,12 +179,14 @@ def tokenize(
         for stem, removed in journal.clean_leftovers(data_dir).items():
             summary.cleaned.append(stem)
             _warn(f"removed {len(removed)} file(s) an interrupted tokenize left ({stem})")
+        cache = DigestCache.for_data_dir(data_dir)  # whole sources unchanged since: not read
+        sha256 = cache.source_digests(source_sha256)
         plan = plan_tokenize(
             sources,
             existing_shards(data_dir),
             setup.settings,
             identity=source_identity,
-            sha256=source_sha256,
+            sha256=sha256,
             pack_below_bytes=cfg.data.pack_below_bytes,
             force=force,
         )
@@ -193,9 +197,10 @@ def tokenize(
         rebuilds = RebuildCheck(data_dir, plan.live, _scan_spec(setup))
         summary.timings["plan"] = time.perf_counter() - t0
         progress.begin(sum(j.nbytes for j in plan.jobs), len(plan.jobs))
-        hasher = _SourceHasher(source_sha256, [i for job in plan.jobs for i in job.items])
+        hasher = _SourceHasher(sha256, [i for job in plan.jobs for i in job.items])
         knobs = {"segment_chars": segment_chars, "batch_chars": batch_chars}
         knobs["max_document_chars"] = max_document_chars
+        skipped = [0]  # empty records passed over, all jobs together
         try:
             for job in plan.jobs:
                 current = {"name": display_path(job.items[0].source.path)}
@@ -211,7 +216,7 @@ def tokenize(
                     workers=setup.workers,
                     **knobs,
                 )
-                feed = _feed(job, cfg, chunk_bytes, current)
+                feed = job_pieces(job, cfg, chunk_bytes, current, skipped)
                 writer_timings: dict[str, float] = {}
                 try:
                     shard, verdict = _write_shard(
@@ -220,6 +225,7 @@ def tokenize(
                 finally:
                     _add_timings(summary.timings, encoder.timings, writer_timings)
                 summary.bytes += job.nbytes
+                summary.empty_records = skipped[0]
                 summary.replaced += verdict.replaced
                 if verdict.unchanged is not None:
                     summary.unchanged.append(verdict.unchanged)
@@ -232,6 +238,7 @@ def tokenize(
                     _warn(f"{names}: no text to tokenize (only whitespace), no shard written")
         finally:
             hasher.close()
+            cache.save()  # digests of the sources' contents: right whether the jobs ended or not
             progress.end()
     summary.seconds = time.perf_counter() - started
     return summary
@@ -270,37 +277,6 @@ def _scan_spec(setup: _Setup) -> ScanSpec:
 def _add_timings(total: dict[str, float], encoder: EncodeTimings, writer: dict[str, float]) -> None:
     for stage, seconds in [*asdict(encoder).items(), *writer.items()]:
         total[stage] = total.get(stage, 0.0) + seconds
-
-
-def _feed(
-    job: ShardJob, cfg: Config, chunk_bytes: int, current: dict[str, str]
-) -> Iterator[Pieces]:
-    """The pieces of every item of ``job``, in order, with the bytes of input each completes.
-
-    Progress counts bytes on disk (compressed bytes for a ``.gz``), so every item
-    advances by exactly its byte range, also where its text ends early.
-    """
-    from allllm.data.raw import iter_batches
-
-    data_cfg = cfg.data
-    for item in job.items:
-        source = item.source
-        current["name"] = name = display_path(source.path)
-        done = item.start
-        for batch in iter_batches(
-            source,
-            boundary=data_cfg.document_boundary,
-            text_field=data_cfg.text_field,
-            on_decode_error=data_cfg.on_decode_error,
-            chunk_bytes=chunk_bytes,
-            start=item.start,
-            end=None if source.compressed else item.end,  # a .gz is always read whole
-        ):
-            at = min(batch.read_bytes, item.end)
-            yield Pieces(batch.texts, batch.doc_starts, batch.open, max(0, at - done), name)
-            done = max(done, at)
-        if done < item.end:
-            yield Pieces([], [], False, item.end - done, name)
 
 
 def _write_shard(
@@ -350,12 +326,12 @@ def _write_shard(
         if writer.n_rows == 0 and not writer.has_pending():
             writer.abort()
             return None, Verdict()
-        has_jsonl = any(i.source.format == "jsonl" for i in job.items)
+        has_jsonl = any(i.source.records for i in job.items)
         hasher.resolve(job.items)
         meta = writer.finish(
             tokenizer=tok_info,
             document_boundary=cfg.data.document_boundary,
-            sources=[_source_record(i) for i in job.items],
+            sources=[source_record(i) for i in job.items],
             add_bos=cfg.tokenizer.add_bos,
             add_eos=cfg.tokenizer.add_eos,
             text_field=cfg.data.text_field if has_jsonl else None,
@@ -382,13 +358,3 @@ def _write_shard(
         files=[f.name for f in meta.files.values()],
         supersedes=list(meta.supersedes),
     ), verdict
-
-
-def _source_record(item: WorkItem) -> dict[str, Any]:
-    """A meta ``sources`` entry: the path relative to the workspace (cwd) when inside it."""
-    return {
-        "path": display_path(item.source.path),
-        "size": item.source.size,
-        "sha256": item.sha256,
-        "byte_range": (item.start, item.end),
-    }

@@ -1,0 +1,60 @@
+"""What one shard job reads: the pieces of its items in order, and how meta records them.
+
+Apart from ``run`` so the pipeline reads as orchestration, and so that other drivers of
+shard jobs (many processes) read a job exactly as one process does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from allllm.data.tokenize.encode import Pieces
+from allllm.data.tokenize.plan import ShardJob, WorkItem, display_path
+
+if TYPE_CHECKING:
+    from allllm.config import Config
+
+
+def job_pieces(
+    job: ShardJob, cfg: Config, chunk_bytes: int, current: dict[str, str], skipped: list[int]
+) -> Iterator[Pieces]:
+    """The pieces of every item of ``job``, in order, with the bytes of input each completes.
+
+    Progress counts bytes on disk (compressed bytes for a ``.gz``), so every item
+    advances by exactly its byte range, also where its text ends early. ``skipped[0]``
+    counts the empty records passed over.
+    """
+    from allllm.data.raw import iter_batches
+
+    data_cfg = cfg.data
+    for item in job.items:
+        source = item.source
+        current["name"] = name = display_path(source.path)
+        done = item.start
+        for batch in iter_batches(
+            source,
+            boundary=data_cfg.document_boundary,
+            text_field=data_cfg.text_field,
+            on_decode_error=data_cfg.on_decode_error,
+            chunk_bytes=chunk_bytes,
+            start=item.start,
+            end=None if source.immutable else item.end,  # compressed, columnar: read whole
+            max_record_bytes=data_cfg.max_document_bytes,
+        ):
+            skipped[0] += batch.skipped
+            at = min(batch.read_bytes, item.end)
+            yield Pieces(batch.texts, batch.doc_starts, batch.open, max(0, at - done), name)
+            done = max(done, at)
+        if done < item.end:
+            yield Pieces([], [], False, item.end - done, name)
+
+
+def source_record(item: WorkItem) -> dict[str, Any]:
+    """A meta ``sources`` entry: the path relative to the workspace (cwd) when inside it."""
+    return {
+        "path": display_path(item.source.path),
+        "size": item.source.size,
+        "sha256": item.sha256,
+        "byte_range": (item.start, item.end),
+    }

@@ -277,7 +277,7 @@ def test_disk_full_outside_the_data_files(
 
     with monkeypatch.context() as patch, pytest.raises(DataError, match="the disk is full"):
         if stage == "journal":
-            patch.setattr(shard_writer.journal, "begin", full)
+            patch.setattr(shard_writer.journal, "begin_new", full)
         elif stage == "meta":
             patch.setattr(ShardWriter, "_write_meta", full)
         else:  # a full disk may show only when the data is flushed and fsynced

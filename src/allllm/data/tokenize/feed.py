@@ -6,7 +6,9 @@ shard jobs (many processes) read a job exactly as one process does.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from allllm.data.tokenize.encode import Pieces
@@ -58,3 +60,33 @@ def source_record(item: WorkItem) -> dict[str, Any]:
         "sha256": item.sha256,
         "byte_range": (item.start, item.end),
     }
+
+
+class SourceHasher:
+    """Hashes the sources the plan did not need to hash, on a thread, while they are tokenized.
+
+    hashlib releases the GIL, so this overlaps the encoding instead of delaying its start.
+    A source is hashed once however many jobs hold parts of it.
+    """
+
+    def __init__(self, sha256: Callable[[Any, int | None], str]) -> None:
+        self._sha256 = sha256
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="allllm-sha256")
+        self._futures: dict[str, Future[str]] = {}
+
+    def submit(self, items: list[WorkItem]) -> None:
+        """Start hashing the sources of ``items`` that have no digest yet."""
+        for item in items:
+            key = os.path.abspath(item.source.path)
+            if item.sha256 is None and key not in self._futures:
+                self._futures[key] = self._pool.submit(self._sha256, item.source, item.source.size)
+
+    def resolve(self, items: list[WorkItem]) -> None:
+        """Fill in ``sha256`` of ``items`` (waiting for their hashes where needed)."""
+        self.submit(items)
+        for item in items:
+            if item.sha256 is None:
+                item.sha256 = self._futures[os.path.abspath(item.source.path)].result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)

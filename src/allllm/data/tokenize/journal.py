@@ -12,9 +12,11 @@ A kill while an entry itself is being written leaves its temporary,
 shard had not started, so that file alone is removed. Nothing else in the folder
 is touched unless its name is provably ours.
 
-A tokenize holds ``data/.allllm/tokenize.lock`` for its whole run so two of
-them never clean up each other's work in progress: the cleanup refuses to run
-in a process that does not hold it.
+A tokenize holds the data dir's job lock (``joblock``) for its whole run so two
+jobs never clean up each other's work in progress: the cleanup refuses to run in
+a process that does not hold it. Entries record who writes them (job, rank, host,
+pid): an entry whose writer still runs — another rank of this job — is never
+touched; one whose writer died is a leftover.
 """
 
 from __future__ import annotations
@@ -25,37 +27,84 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from allllm.data.shard_format import (
     INFLIGHT_DIR,
     META_SUFFIX,
-    STATE_DIR,
     inflight_dir,
     journaled_stems,
     parse_shard_name,
 )
-from allllm.errors import DataError
 from allllm.util.atomic import atomic_writer, fsync_dir
 from allllm.util.faults import fault_point
-from allllm.util.flock import exclusive_flock
 
 # the temporary ``atomic_writer`` makes for an entry: ``.<entry name>.`` + mkstemp's 8 random
 # characters (lowercase letters, digits, ``_``) + ``.tmp``
 _ENTRY_TEMP_RE = re.compile(r"^\.(?P<stem>.+)\.[a-z0-9_]{8}\.tmp$")
 
-_held: set[str] = set()  # data dirs whose tokenize lock this process holds (resolved paths)
+_owner: dict[str, Any] = {}  # who this process is in its job (``set_owner``), in every entry
+
+
+def set_owner(job: str, rank: int, host: str) -> None:
+    """Name this process in the entries it writes (tokenize calls it once it holds the lock)."""
+    _owner.clear()
+    _owner.update(job=job, rank=rank, host=host)
 
 
 def begin(data_dir: Path, stem: str, files: list[str]) -> Path:
     """Record that ``files`` (names inside ``data_dir``) are about to be written for ``stem``."""
+    return _write_entry(data_dir, stem, files, exclusive=False)
+
+
+def begin_new(data_dir: Path, stem: str, files: list[str]) -> Path:
+    """``begin`` for a new shard's stem, which another rank may pick at the same moment: the
+    entry is linked into place only if none exists (FileExistsError if one does), so of two
+    ranks only one writes a stem."""
+    return _write_entry(data_dir, stem, files, exclusive=True)
+
+
+def _write_entry(data_dir: Path, stem: str, files: list[str], *, exclusive: bool) -> Path:
     folder = inflight_dir(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
     entry = folder / stem
+    record = {"stem": stem, "files": files, "pid": os.getpid(), **_owner}
+    if exclusive:
+        temp = folder / f".{stem}.{_tag()}.tmp"
+        try:
+            with open(temp, "w", encoding="utf-8") as fh:
+                fh.write(json.dumps(record))
+                fh.flush()
+                os.fsync(fh.fileno())
+                fault_point("tokenize.journal")  # the entry's temporary written, not yet linked
+            os.link(temp, entry)  # fails if the entry exists: atomic also on NFS
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+        fsync_dir(folder)
+        return entry
     with atomic_writer(entry, "w") as fh:
-        fh.write(json.dumps({"stem": stem, "files": files, "pid": os.getpid()}))
+        fh.write(json.dumps(record))
         fh.flush()
         fault_point("tokenize.journal")  # the entry's temporary written, not yet renamed
     return entry
+
+
+def _tag() -> str:
+    """8 characters of ``[a-z0-9_]`` (the pattern of leftover entry temporaries)."""
+    import secrets
+    import string
+
+    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+
+
+def writer_of(data_dir: Path, stem: str) -> dict[str, Any]:
+    """The record of ``stem``'s entry ({} when it cannot be read)."""
+    try:
+        record = json.loads((inflight_dir(data_dir) / stem).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def end(data_dir: Path, stem: str) -> None:
@@ -116,11 +165,24 @@ def entry_temporaries(data_dir: Path) -> dict[str, list[str]]:
 def clean_leftovers(data_dir: Path) -> dict[str, list[str]]:
     """Remove what killed tokenize runs left behind: journaled files, and the temporaries of
     entries that were never renamed into place (their shard had not started: nothing else of
-    it exists). Returns stem -> what was removed. Only under this process's tokenize lock."""
-    if _lock_key(data_dir) not in _held:
+    it exists). Returns stem -> what was removed. Only by the owner of the data dir's job
+    lock (before any other rank of its job writes); entries of live writers are kept."""
+    from allllm.data.tokenize.joblock import held, rank_alive
+
+    hold = held(data_dir)
+    if hold is None or not hold.owner:
         raise RuntimeError(f"clean_leftovers({data_dir}) needs the data dir's tokenize lock")
     cleaned: dict[str, list[str]] = {}
     folder = inflight_dir(data_dir)
+
+    def alive(stem: str) -> bool:
+        rec = writer_of(data_dir, stem)
+        if rec.get("job") != hold.job or not isinstance(rec.get("rank"), int):
+            return False
+        return rec["rank"] != hold.world.rank and rank_alive(
+            data_dir, hold.job, rec["rank"], hold.world.host
+        )
+
     for stem, temps in entry_temporaries(data_dir).items():
         for name in temps:
             with contextlib.suppress(FileNotFoundError):
@@ -129,28 +191,33 @@ def clean_leftovers(data_dir: Path) -> dict[str, list[str]]:
     if cleaned:
         fsync_dir(folder)
     for stem in sorted(journaled_stems(data_dir)):
+        if alive(stem):
+            continue
         cleaned[stem] = [*cleaned.get(stem, []), *remove_listed_files(data_dir, stem)]
     return dict(sorted(cleaned.items()))
 
 
-def _lock_key(data_dir: Path) -> str:
-    return os.path.realpath(data_dir)
+def clean_rank(data_dir: Path, job: str, rank: int) -> dict[str, list[str]]:
+    """Remove the journaled files of one dead rank of ``job`` (whoever takes over its work)."""
+    cleaned = {}
+    for stem in sorted(journaled_stems(data_dir)):
+        rec = writer_of(data_dir, stem)
+        if rec.get("job") == job and rec.get("rank") == rank:
+            cleaned[stem] = remove_listed_files(data_dir, stem)
+    return cleaned
 
 
 @contextlib.contextmanager
-def tokenize_lock(data_dir: Path) -> Iterator[None]:
-    """Hold the data dir's tokenize lock; a second tokenize on the same dir is refused."""
+def tokenize_lock(data_dir: Path, world: Any = None) -> Iterator[Any]:
+    """Hold the data dir's tokenize lock (``joblock.job_lock``) for ``world``'s job, a lone
+    process by default; another job on the same dir is refused."""
+    from allllm.data.tokenize.joblock import job_lock
+    from allllm.data.tokenize.world import resolve_world
 
-    def refused(_holder: str) -> DataError:
-        return DataError(
-            f"another `allllm tokenize` is writing to {data_dir}",
-            "wait for it to finish (the lock is released when it exits)",
-        )
-
-    with exclusive_flock(data_dir / STATE_DIR / "tokenize.lock", str(os.getpid()), refused):
-        key = _lock_key(data_dir)
-        _held.add(key)
+    world = world or resolve_world(env={})
+    with job_lock(data_dir, world) as hold:
+        set_owner(world.job_id, world.rank, world.host)
         try:
-            yield
+            yield hold
         finally:
-            _held.discard(key)
+            _owner.clear()

@@ -172,19 +172,40 @@ def tokenize_cmd(
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, help="Encoder threads (default: all cores).")
     ] = None,
+    rank: Annotated[
+        int | None,
+        typer.Option(
+            "--rank", min=0, help="This task's rank in a job array (torchrun and srun need none)."
+        ),
+    ] = None,
+    world_size: Annotated[
+        int | None,
+        typer.Option("--world-size", min=1, help="How many tasks share the job (with --rank)."),
+    ] = None,
+    job_id: Annotated[
+        str | None,
+        typer.Option(
+            "--job-id", help="The job the tasks share (default: TORCHELASTIC_RUN_ID, SLURM_JOB_ID)."
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Tokenize raw text into cached shards in data.dir (only what is new or changed).
 
     Example: allllm tokenize --model tiny --input data/raw
+    Many processes: torchrun --nproc-per-node 8 -m allllm tokenize --model tiny
     """
     from allllm.config import load_config
     from allllm.data.tokenize.run import tokenize
+    from allllm.data.tokenize.world import resolve_world
 
+    world = resolve_world(rank, world_size, job_id)
     cfg = load_config(model, config)
     console = make_console()
     err_console = make_console(stderr=True)
+    if world.simultaneous and world.rank != 0:
+        quiet = True  # rank 0 speaks for the process group
     show = not (quiet or as_json)
     progress = None
     if show and err_console.is_terminal:  # no bar in logs and pipes: the summary says it all
@@ -204,8 +225,9 @@ def tokenize_cmd(
         progress=progress,
         warn=warn,
         num_threads=threads,
+        world=world,
     )
-    if as_json:
+    if as_json and (world.rank == 0 or not world.simultaneous):
         print_json(summary.to_dict())
     elif show:
         from allllm.cli.views.tokenize import render_summary

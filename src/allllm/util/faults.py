@@ -7,7 +7,8 @@ there as a full disk does (``OSError(ENOSPC)``). Points that corrupt values
 instead of stopping the process take ``nan`` (the n-th pass only) or
 ``nan-every`` (every pass from the n-th on): ``ALLLLM_FAULT=train.grad:3:nan``
 turns the gradients of the 3rd optimizer step of this process into NaN
-(:func:`inject_nan`); ``ALLLLM_FAULT_RANK=<k>`` limits that to torchrun rank k. The suite uses it to prove
+(:func:`inject_nan`); ``ALLLLM_FAULT_RANK=<k>`` limits any fault to rank k (torchrun's ``RANK``, or a
+tokenize job's rank, ``ALLLLM_RANK``). The suite uses it to prove
 that no crash point loses data, trains a shard twice or leaves a half-written
 file that a later run would trust. Without the variable a fault point costs
 one environment lookup.
@@ -41,6 +42,9 @@ def fault_point(name: str) -> None:
     target = _target()
     if target is None or target[0] != name or target[2].startswith("nan"):
         return
+    only = os.environ.get("ALLLLM_FAULT_RANK")
+    if only and only != (os.environ.get("RANK") or os.environ.get("ALLLLM_RANK", "0")):
+        return  # one rank of a tokenize job or a training run fails, the others go on
     _counts[name] = _counts.get(name, 0) + 1
     if _counts[name] < target[1]:
         return

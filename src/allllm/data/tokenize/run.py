@@ -86,6 +86,8 @@ def tokenize(
         if warn:
             warn(message)
 
+    if num_threads is None and world.local_size > 1:  # processes x threads <= cores
+        num_threads = max(1, (os.cpu_count() or 1) // world.local_size)
     setup = load_setup(cfg, num_threads, extra_formats)
     summary.timings["load"] = time.perf_counter() - started
     sources = resolve_sources(  # every rank: a bad path fails before anything is created

@@ -144,13 +144,27 @@ class SharedPlan:
             if self.error_path.exists():
                 message = json.loads(self.error_path.read_text(encoding="utf-8"))["message"]
                 raise DataError(f"the rank that plans this job failed: {message}")
-            lock = self.data_dir / STATE_DIR / "tokenize.job"
-            if not lock.exists():
+            if not self._others_alive():
                 raise DataError(
-                    f"{self.data_dir}: the job's owner stopped before publishing its plan",
+                    f"{self.data_dir}: the rank that plans job {self.hold.job} stopped before "
+                    "publishing its plan",
                     "run the tokenize job again",
                 )
             time.sleep(POLL_S)
+
+    def _others_alive(self) -> bool:
+        """Whether another process of this job still runs (its heartbeat is fresh)."""
+        me = self.hold.world
+        folder = self.data_dir / STATE_DIR / "jobs" / self.hold.job
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(folder):
+                name = entry.name
+                if not name.startswith("rank-") or not name[5:].isdigit():
+                    continue
+                rank = int(name[5:])
+                if rank != me.rank and rank_alive(self.data_dir, self.hold.job, rank, me.host):
+                    return True
+        return False
 
     # -- claims -------------------------------------------------------------------------------
     def is_done(self, k: int) -> bool:

@@ -36,6 +36,7 @@ class World:
     simultaneous: bool  # every rank runs at the same time (a process group)
     host: str
     pid: int
+    local_size: int = 1  # processes of the job on this machine (they share its cores)
 
     @property
     def is_single(self) -> bool:
@@ -103,4 +104,7 @@ def resolve_world(
             f"job id {job!r} is not usable as a file name",
             "use letters, digits, '.', '_' and '-' (at most 128)",
         )
-    return World(rank, world_size, job, launcher, simultaneous, host, pid)
+    local = _int(env, "LOCAL_WORLD_SIZE") or _int(env, "SLURM_NTASKS_PER_NODE") or 1
+    if launcher in ("single", "flags"):
+        local = 1
+    return World(rank, world_size, job, launcher, simultaneous, host, pid, max(1, local))

@@ -1,0 +1,209 @@
+"""Tokenize as many processes: torchrun ranks, job-array tasks, a killed rank, a second job.
+
+"Equal" is the issue's definition: the same set of shard_ids, and per shard_id the same
+sha256 of every data file and sidecar and the same sources and byte ranges (names carry
+timestamps and may differ).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from allllm.data.shard_format import INFLIGHT_DIR, META_SUFFIX, read_meta
+from allllm.data.tokenize.run import tokenize
+from allllm.data.tokenize.world import resolve_world
+from allllm.errors import ConfigError
+from tokenize_helpers import make_config, real_text, write_raw
+
+
+def _workspace(root: Path, n_files: int = 6) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for k in range(n_files):
+        write_raw(f"f{k}.txt", real_text(4000 + 700 * k, start=k), root=root)
+    cfg = make_config(document_boundary="line").model_dump(mode="json")
+    (root / "configs").mkdir(exist_ok=True)
+    (root / "configs" / "m.json").write_text(json.dumps({**cfg, "name": "m"}))
+    return root
+
+
+def _layout(data_dir: Path) -> dict[str, Any]:
+    """shard_id -> (file digests by role, sources); asserts no shard_id appears twice."""
+    out: dict[str, Any] = {}
+    for meta_path in sorted(data_dir.glob(f"*{META_SUFFIX}")):
+        meta = read_meta(meta_path)
+        files = {role: info.sha256 for role, info in meta.files.items()}
+        docs = meta.documents.sha256 if meta.documents is not None else None
+        sources = [(Path(s.path).name, s.size, s.sha256, tuple(s.byte_range)) for s in meta.sources]
+        assert meta.shard_id not in out, f"two shards of one id in {data_dir}"
+        out[meta.shard_id] = (files, docs, sources)
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ALLLLM_DEBUG": "", **extra}
+    for key in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "ALLLLM_FAULT"):
+        if key not in extra:
+            env.pop(key, None)
+    return env
+
+
+def _torchrun(root: Path, nproc: int, *args: str, **env: str) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+        "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
+        "-m", "allllm", "tokenize", "--model", "m", *args,
+    ]  # fmt: skip
+    return subprocess.run(
+        cmd, cwd=root, capture_output=True, text=True, env=_env(**env), timeout=300
+    )
+
+
+def _cli(root: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "allllm", "tokenize", "--model", "m", *args]
+    return subprocess.run(
+        cmd, cwd=root, capture_output=True, text=True, env=_env(**env), timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One process: the layout every world size must reproduce."""
+    root = _workspace(tmp_path_factory.mktemp("one"))
+    proc = _cli(root, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    return _layout(root / "data")
+
+
+def test_two_torchrun_ranks_equal_one_process(tmp_path: Path, reference: dict) -> None:
+    root = _workspace(tmp_path / "ws")
+    proc = _torchrun(root, 2, "--json")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert _layout(root / "data") == reference
+    summary = json.loads(proc.stdout)  # rank 0 alone prints, for every rank
+    assert len(summary["shards"]) == len(reference) and summary["sources"] == 6
+    assert not list((root / "data" / INFLIGHT_DIR).iterdir())
+    assert _cli(root, "--json").returncode == 0  # a rerun: everything up to date
+    assert _layout(root / "data") == reference
+
+
+def test_array_tasks_one_after_the_other_equal_one_process(
+    workspace: Path, reference: dict
+) -> None:
+    _workspace(workspace)
+    cfg = make_config(document_boundary="line")
+    parts = [tokenize(cfg, world=resolve_world(r, 2, "array-7", env={})) for r in (0, 1)]
+    assert _layout(cfg.data_dir) == reference
+    assert len(parts[0].shards) + len(parts[1].shards) == len(reference)
+    assert not tokenize(cfg).shards  # a later lone run finds everything up to date
+
+
+def test_a_killed_rank_then_a_one_process_rerun_finishes_only_the_rest(
+    tmp_path: Path, reference: dict
+) -> None:
+    root = _workspace(tmp_path / "ws")
+    proc = _torchrun(root, 2, "--quiet", ALLLLM_FAULT="tokenize.rows:2", ALLLLM_FAULT_RANK="1")
+    assert proc.returncode != 0  # rank 1 was SIGKILLed midway; torchrun stops the group
+    done = _layout(root / "data")
+    assert set(done) < set(reference)  # some shards made it, complete; none is wrong
+    assert all(reference[i] == v for i, v in done.items())
+    rerun = _cli(root, "--json")
+    assert rerun.returncode == 0, rerun.stderr
+    assert _layout(root / "data") == reference
+    assert len(json.loads(rerun.stdout)["shards"]) == len(reference) - len(done)
+    assert not list((root / "data" / INFLIGHT_DIR).iterdir())
+
+
+def test_world_size_five_with_three_sources(tmp_path: Path) -> None:
+    root = _workspace(tmp_path / "ws", n_files=3)
+    proc = _torchrun(root, 5, "--json")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(_layout(root / "data")) == 3
+    assert len(json.loads(proc.stdout)["shards"]) == 3
+
+
+def test_a_second_job_is_refused_while_ranks_of_one_job_join(tmp_path: Path) -> None:
+    root = _workspace(tmp_path / "ws", n_files=2)
+    holder = subprocess.Popen(
+        [
+            sys.executable, "-c",
+            "import sys, time; from pathlib import Path\n"
+            "from allllm.data.tokenize.joblock import job_lock\n"
+            "from allllm.data.tokenize.world import resolve_world\n"
+            "w = resolve_world(0, 2, 'first', env={})\n"
+            "with job_lock(Path('data'), w):\n"
+            "    print('held', flush=True); time.sleep(60)\n",
+        ],
+        cwd=root, stdout=subprocess.PIPE, text=True, env=_env(),
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        other = _cli(root, "--rank", "0", "--world-size", "2", "--job-id", "second")
+        assert other.returncode == 1
+        assert len(other.stderr.strip().splitlines()) == 1, other.stderr
+        assert "another `allllm tokenize` is writing to data" in other.stderr
+        assert "job first" in other.stderr
+        cmd = [sys.executable, "-m", "allllm", "tokenize", "--model", "m", "--rank", "1"]
+        cmd += ["--world-size", "2", "--job-id", "first"]
+        joined = subprocess.Popen(cmd, cwd=root, stderr=subprocess.PIPE, text=True, env=_env())
+        time.sleep(3)
+        assert joined.poll() is None  # it joined the job and waits for the owner's plan
+    finally:
+        holder.kill()
+        holder.wait()
+    assert joined.wait(timeout=60) == 1  # the owner died before planning: one clear line
+    assert "stopped before publishing its plan" in (joined.stderr.read() if joined.stderr else "")
+    assert _cli(root, "--quiet").returncode == 0  # the killed holder no longer blocks
+
+
+def test_world_from_launchers_and_flags() -> None:
+    w = resolve_world(env={"RANK": "3", "WORLD_SIZE": "8", "TORCHELASTIC_RUN_ID": "abc"})
+    assert (w.rank, w.world_size, w.job_id, w.launcher, w.simultaneous) == (
+        3, 8, "abc", "torchrun", True,
+    )  # fmt: skip
+    w = resolve_world(env={"SLURM_PROCID": "1", "SLURM_NTASKS": "4", "SLURM_JOB_ID": "99"})
+    assert (w.rank, w.world_size, w.launcher, w.job_id) == (1, 4, "slurm", "99.0")
+    w = resolve_world(2, 4, "arr", env={"RANK": "0", "WORLD_SIZE": "1"})  # flags win
+    assert (w.rank, w.world_size, w.simultaneous) == (2, 4, False)
+    for bad in [(0, None, None), (4, 4, "x"), (1, 2, None)]:
+        with pytest.raises(ConfigError):
+            resolve_world(*bad, env={})
+    assert resolve_world(env={}).world_size == 1
+
+
+def test_journal_entries_name_their_writer(workspace: Path, monkeypatch) -> None:
+    """What a rank writes is journaled with job, rank, host and pid (so only a dead
+    writer's files are ever cleaned)."""
+    import allllm.data.tokenize.journal as journal
+
+    write_raw("a.txt", real_text(3000))
+    cfg = make_config()
+    seen: list[dict] = []
+    real = journal._write_entry
+
+    def spy(data_dir: Path, stem: str, files: list[str], **kw: Any) -> Path:
+        entry = real(data_dir, stem, files, **kw)
+        seen.append(json.loads(entry.read_text()))
+        return entry
+
+    monkeypatch.setattr(journal, "_write_entry", spy)
+    tokenize(cfg, world=resolve_world(0, 1, "solo", env={}))
+    (record,) = seen
+    assert record["job"] == "solo" and record["rank"] == 0 and record["pid"] == os.getpid()
+    assert record["host"] == socket.gethostname()
+    shutil.rmtree(cfg.data_dir / ".allllm" / "plans", ignore_errors=True)

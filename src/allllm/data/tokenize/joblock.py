@@ -29,7 +29,7 @@ from typing import Any
 
 from allllm.data.shard_format import STATE_DIR
 from allllm.data.tokenize.world import World
-from allllm.errors import DataError
+from allllm.errors import DataError, FormatVersionError
 from allllm.util.atomic import atomic_write_text
 
 __all__ = ["HeldLock", "expiry_seconds", "job_lock", "rank_alive"]
@@ -155,6 +155,13 @@ def _acquire(data_dir: Path, world: World) -> bool:
             holder = _read_json(lock)
             if holder is None and _fresh(lock, None, world.host):
                 continue
+        version = (holder or {}).get("format_version")
+        if type(version) is int and version > FORMAT_VERSION:
+            raise FormatVersionError(
+                f"{lock}: tokenize lock of format_version {version}, written by a newer allllm "
+                f"(this one reads {FORMAT_VERSION})",
+                "run the same allllm version on every rank, or upgrade this one",
+            )
         if holder is not None and holder.get("job") == world.job_id:
             return False  # a rank of this job made it: join
         if holder is not None and _job_alive(data_dir, holder, lock, world.host):

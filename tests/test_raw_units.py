@@ -78,9 +78,88 @@ def test_json_lines_cut_at_line_ends_compressed_is_one_unit(tmp_path: Path) -> N
 def test_parquet_row_groups_are_units(tmp_path: Path) -> None:
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
+    from allllm.data.raw.columnar import unit_offsets
+
     values = [f"doc {k}" for k in range(25)]
     pq.write_table(pa.table({"text": values}), tmp_path / "p.parquet", row_group_size=10)
     (source,) = resolve_sources([str(tmp_path / "p.parquet")])
+    offsets = unit_offsets(source)
+    assert len(offsets) == 3 and offsets[0] == 0 and offsets == sorted(set(offsets))
     docs, units = _docs_of_units(source, "file", 1)
     assert docs == values
-    assert [(u.kind, u.start, u.end) for u in units] == [("row_groups", i, i + 1) for i in range(3)]
+    bounds = [*offsets, source.size]
+    assert [(u.kind, u.start, u.end) for u in units] == [("bytes", *p) for p in pairs(bounds)]
+    # groups of consecutive row groups, never more bytes than the target unless one is bigger
+    (whole,) = work_units(source, boundary="file", target_bytes=source.size)
+    assert (whole.start, whole.end) == (0, source.size)
+    two = work_units(source, boundary="file", target_bytes=bounds[2])
+    assert [(u.start, u.end) for u in two] == [(0, bounds[2]), (bounds[2], source.size)]
+
+
+def pairs(xs: list[int]) -> list[tuple[int, int]]:
+    return list(itertools.pairwise(xs))
+
+
+@pytest.mark.parametrize("boundary", ["line", "blank_line"])
+@pytest.mark.parametrize("target", [1, 37, 500])
+def test_units_hold_at_most_the_target_and_a_range_has_the_files_units(
+    tmp_path: Path, boundary: str, target: int
+) -> None:
+    path = tmp_path / "t.txt"
+    path.write_bytes(_tricky_text(target + 1).encode())
+    (source,) = resolve_sources([str(path)])
+    units = work_units(source, boundary=boundary, target_bytes=target)
+    docs = list(iter_documents(source, boundary=boundary))
+    for u in units:  # over the target only where the unit is a single document
+        inside = list(iter_documents(source, boundary=boundary, start=u.start, end=u.end))
+        assert u.end - u.start <= target or len(inside) <= 1, (u, inside)
+    cuts = [u.start for u in units[1:]]
+    lo, hi = cuts[len(cuts) // 3] - 1, cuts[2 * len(cuts) // 3]
+    part = work_units(source, boundary=boundary, target_bytes=target, start=lo, end=hi)
+    assert [u.start for u in part[1:]] == [c for c in cuts if lo < c < hi]
+    assert part[0].start == lo and part[-1].end == hi
+    assert docs == [
+        d
+        for u in units
+        for d in iter_documents(source, boundary=boundary, start=u.start, end=u.end)
+    ]
+
+
+@pytest.mark.parametrize("kind", ["parquet", "stream", "file"])
+def test_columnar_byte_ranges_are_units_read_by_their_offsets(tmp_path: Path, kind: str) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    pytest.importorskip("pyarrow.ipc")
+    from allllm.data.raw import iter_batches
+    from allllm.data.raw.columnar import unit_offsets
+
+    values = [f"record {k} " + "é" * (k % 17) for k in range(40)]
+    t = pa.table({"text": values})
+    path = tmp_path / ("c.parquet" if kind == "parquet" else "c.arrow")
+    if kind == "parquet":
+        pq.write_table(t, path, row_group_size=7)
+    else:
+        with pa.OSFile(str(path), "wb") as sink:
+            new = pa.ipc.new_file if kind == "file" else pa.ipc.new_stream
+            with new(sink, t.schema) as writer:
+                for rb in t.to_batches(max_chunksize=7):
+                    writer.write_batch(rb)
+    (source,) = resolve_sources([str(path)])
+    offsets = unit_offsets(source)
+    assert len(offsets) == 6 and offsets[0] == 0 and offsets == sorted(set(offsets))
+    assert offsets[-1] < source.size
+    docs: list[str] = []
+    for a, b in pairs([*offsets, source.size]):
+        batches = list(iter_batches(source, boundary="file", start=a, end=b))
+        got = [x for batch in batches for x in batch.texts]
+        assert got == values[len(docs) : len(docs) + 7]
+        docs += got
+        done = [batch.read_bytes for batch in batches]  # byte offsets, for progress
+        assert done == sorted(done) and a <= done[0] and done[-1] == b
+    assert docs == values
+    two = list(iter_documents(source, boundary="file", start=offsets[2], end=offsets[4]))
+    assert two == values[14:28]
+    with pytest.raises(ValueError, match="offsets"):
+        list(iter_batches(source, boundary="file", start=offsets[1] + 1, end=None))
+    with pytest.raises(ValueError, match="not both"):
+        list(iter_batches(source, boundary="file", start=offsets[1], units=(0, 1)))

@@ -207,6 +207,8 @@ class DataConfig(_Strict):
     max_document_bytes: int = Field(default=1 << 30, ge=1)
     on_decode_error: Literal["error", "replace"] = "error"
     pack_below_bytes: int = Field(default=1_000_000, ge=0)
+    # the most input bytes one shard job (one shard) holds; cut at document / unit boundaries
+    shard_bytes: int = Field(default=256 << 20, ge=1)
     val_fraction: float = Field(default=0.01, ge=0.0, le=0.5)
     eval_shards: str | None = None
     # exact duplicate documents inside one run train once (row_filter.py; docs/design.md)

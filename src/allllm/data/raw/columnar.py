@@ -8,14 +8,19 @@ format; ``.arrow`` files may also be in the *file* format, magic ``ARROW1``) are
 memory-mapped, so a record batch costs only the pages of its text column.
 
 Offsets: the pieces of a columnar source count records, not bytes — record ``i``
-covers ``[i, i + 1)`` — and ``read_bytes`` estimates the file bytes read (the
-share of the row groups or record batches done), for progress bars. A unit of
-work is a row group (Parquet) or a record batch (Arrow); ``units`` reads a range
-of them. pyarrow is imported here only, when a columnar source is read.
+covers ``[i, i + 1)``. A unit of work is a row group (Parquet) or a record batch
+(Arrow), and each has a byte range of the file (``unit_offsets``: a row group from
+its first column chunk's first page, a record batch from the end of the one before;
+the first unit from byte 0, the last to the end of the file), so meta's
+``byte_range`` means file bytes here too. ``units`` reads a range of units by index,
+``read.iter_batches(start=, end=)`` by those byte offsets; ``read_bytes`` is the
+byte offset reached (inside a unit, its share of the unit's rows or bytes), for
+progress bars. pyarrow is imported here only, when a columnar source is read.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +30,6 @@ from allllm.errors import DataError
 
 ARROW_FILE_MAGIC = b"ARROW1"
 READ_BUFFER_BYTES = 1 << 20  # pyarrow's buffered read of one column chunk
-TARGET_BATCH_BYTES = 8 << 20  # text per record batch read (rows chosen from the metadata)
 
 
 def _pyarrow() -> Any:
@@ -113,16 +117,18 @@ class ColumnarSplitter:
             rows_before = [0]
             for g in range(meta.num_row_groups):
                 rows_before.append(rows_before[-1] + meta.row_group(g).num_rows)
-            total = max(1, rows_before[-1])
-            size = self.source.size
+            ends = [*_parquet_offsets(meta)[1:], self.source.size]  # byte where group g ends
             first = groups[0] if len(groups) else 0
             b = BatchBuilder(rows_before[first], 0, _no_reread)
             for g in groups:
                 rg = meta.row_group(g)
                 column = rg.column(_leaf_index(pf, self.field))
                 per_row = max(1, column.total_uncompressed_size // max(1, rg.num_rows))
-                rows = max(1, min(65_536, TARGET_BATCH_BYTES // per_row))
+                # about chunk_bytes of text a batch, as the text readers hand on: bigger
+                # batches made slower encoder calls and more memory in flight (benchmarks)
+                rows = max(1, min(65_536, self.chunk // per_row))
                 at = rows_before[g]
+                lo, n = ends[g - 1] if g else 0, max(1, rg.num_rows)
                 where = f"in row group {g}"
                 try:
                     for rb in pf.iter_batches(
@@ -130,13 +136,14 @@ class ColumnarSplitter:
                     ):
                         self._add(b, rb.column(0), at)
                         at += rb.num_rows
-                        batch = b.flush(int(size * at / total))
+                        batch = b.flush(lo + (ends[g] - lo) * (at - rows_before[g]) // n)
                         if batch is not None:
                             yield batch
                 except errors as exc:
                     raise self._broken(where, exc) from None
             b.close()
-            last = b.flush(size, final_end=rows_before[groups[-1] + 1] if len(groups) else 0)
+            done = ends[groups[-1]] if len(groups) else self.source.size
+            last = b.flush(done, final_end=rows_before[groups[-1] + 1] if len(groups) else 0)
             if last is not None:
                 yield last
         finally:
@@ -162,7 +169,7 @@ class ColumnarSplitter:
                 raise self._missing(names)
             col = names.index(self.field)
             self._check_type(reader.schema.field(col).type)
-            size = self.source.size
+            ends = [*unit_offsets(self.source)[1:], self.source.size]  # where batch i ends
             lo, hi = self.units if self.units is not None else (0, None)
             b = BatchBuilder(0, 0, _no_reread)
             at = 0
@@ -175,12 +182,12 @@ class ColumnarSplitter:
                     continue
                 self._add(b, rb.column(col), at)
                 at += rb.num_rows
-                done = int(size * (index + 1) / reader.num_record_batches) if is_file else mm.tell()
-                batch = b.flush(min(size, done))
+                batch = b.flush(ends[min(index, len(ends) - 1)])
                 if batch is not None:
                     yield batch
             b.close()
-            last = b.flush(size, final_end=at)
+            stop = ends[hi - 1] if hi is not None and 0 < hi < len(ends) else self.source.size
+            last = b.flush(stop, final_end=at)
             if last is not None:
                 yield last
         finally:
@@ -308,8 +315,20 @@ def _no_reread(a: int, b: int) -> Iterator[tuple[str, int]]:  # pragma: no cover
 
 
 def unit_count(source: Any) -> int:
-    """Row groups of a Parquet file, record batches of an Arrow file (a cheap metadata read;
-    an Arrow stream's batches are counted by reading their headers from the mapped file)."""
+    """Row groups of a Parquet file, record batches of an Arrow file (``unit_offsets``)."""
+    return len(unit_offsets(source))
+
+
+def unit_offsets(source: Any) -> list[int]:
+    """The byte offset where each unit (row group, record batch) of ``source`` starts.
+
+    Unit ``i`` covers ``[offsets[i], offsets[i + 1])``, the last one up to ``source.size``;
+    the first starts at 0 (the file's header is its). Parquet: a row group starts at the
+    first page (dictionary or data) of its column chunks, from the footer. Arrow: the IPC
+    messages are read in order from the memory-mapped file (headers; bodies are not
+    touched), and a record batch's unit starts where the record batch before it ended
+    (a dictionary message between them belongs to the later one).
+    """
     pa = _pyarrow()
     errors = _arrow_errors()
     splitter = ColumnarSplitter(
@@ -317,16 +336,57 @@ def unit_count(source: Any) -> int:
     )
     if source.format == "parquet":
         try:
-            return int(pa.parquet.ParquetFile(source.path).metadata.num_row_groups)
+            return _parquet_offsets(pa.parquet.ParquetFile(source.path).metadata)
         except errors as exc:
             raise splitter._broken("at its footer", exc) from None
+    offsets: list[int] = []
     with pa.memory_map(str(source.path), "r") as mm:
         is_file = mm.read(len(ARROW_FILE_MAGIC)) == ARROW_FILE_MAGIC
-        mm.seek(0)
+        mm.seek(8 if is_file else 0)  # the file format: magic and padding, then a stream
+        nxt = 0  # where the next record batch's unit starts
         try:
-            reader = pa.ipc.open_file(mm) if is_file else pa.ipc.open_stream(mm)
+            messages = pa.ipc.MessageReader.open_stream(mm)
+            while True:
+                try:
+                    message = messages.read_next_message()
+                except StopIteration:
+                    break
+                if message is None:
+                    break
+                if message.type == "record batch":
+                    offsets.append(nxt)
+                    nxt = mm.tell()
         except errors as exc:
-            raise splitter._broken("at its schema", exc) from None
-        if is_file:
-            return int(reader.num_record_batches)
-        return sum(1 for _ in _record_batches(reader, False, errors, splitter))
+            raise splitter._broken(f"in record batch {len(offsets)}", exc) from None
+    return offsets
+
+
+def _parquet_offsets(meta: Any) -> list[int]:
+    offsets: list[int] = []
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        starts = []
+        for c in range(rg.num_columns):
+            chunk = rg.column(c)
+            starts.append(chunk.data_page_offset)
+            if chunk.has_dictionary_page and chunk.dictionary_page_offset:
+                starts.append(chunk.dictionary_page_offset)
+        prev = offsets[-1] if offsets else 0
+        offsets.append(0 if g == 0 else max(prev, min(starts, default=prev)))
+    return offsets
+
+
+def units_of_range(source: Any, start: int, end: int | None) -> tuple[int, int]:
+    """The units ``[a, b)`` whose start offset lies in bytes ``[start, end)`` (``end``: the
+    file's size when None); both must be unit offsets or the size, else a ValueError."""
+    offsets = unit_offsets(source)
+    end = source.size if end is None else end
+    valid = {0, *offsets, source.size}
+    if start not in valid or end not in valid:
+        shown = ", ".join(map(str, sorted(valid)[:20])) + (", ..." if len(valid) > 20 else "")
+        raise ValueError(
+            f"{source.display}: byte range [{start}, {end}) does not start and end where a "
+            f"{'row group' if source.format == 'parquet' else 'record batch'} does "
+            f"(offsets: {shown})"
+        )
+    return bisect.bisect_left(offsets, start), bisect.bisect_left(offsets, end)

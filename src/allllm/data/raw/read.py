@@ -75,7 +75,10 @@ def iter_batches(
 
     No object per piece: several times faster than ``iter_pieces`` for many short
     documents (``line`` mode), so bulk consumers should prefer it. ``units`` reads only
-    row groups (Parquet) or record batches (Arrow) ``[a, b)`` of a columnar source.
+    row groups (Parquet) or record batches (Arrow) ``[a, b)`` of a columnar source; so
+    does a byte range there: ``start``/``end`` must then be unit offsets
+    (``columnar.unit_offsets``) or the file's size, and the units starting in
+    ``[start, end)`` are read (any other range is a ValueError naming the offsets).
     """
     if boundary not in BOUNDARIES:
         raise ValueError(f"boundary must be one of {BOUNDARIES}, got {boundary!r}")
@@ -85,18 +88,21 @@ def iter_batches(
         raise ValueError("chunk_bytes and max_record_bytes must be positive")
     if start < 0 or (end is not None and end < start):
         raise ValueError(f"bad byte range start={start} end={end}")
-    if source.immutable and (start or end is not None):
-        what = "Parquet or Arrow" if source.columnar else "compressed"
+    ranged = bool(start) or end is not None
+    if source.compressed and ranged:
         raise DataError(
-            f"{source.display}: a byte range of a {what} file cannot be read",
-            "it is read whole (or by row group / record batch); to append text, use an "
-            "uncompressed .txt or .jsonl",
+            f"{source.display}: a byte range of a compressed file cannot be read",
+            "it is read whole; to append text, use an uncompressed .txt or .jsonl",
         )
     if units is not None and not source.columnar:
         raise ValueError("units name row groups or record batches: Parquet and Arrow only")
     if source.columnar:
-        from allllm.data.raw.columnar import ColumnarSplitter
+        from allllm.data.raw.columnar import ColumnarSplitter, units_of_range
 
+        if ranged:
+            if units is not None:
+                raise ValueError("give units or a byte range (start, end), not both")
+            units = units_of_range(source, start, end)
         return ColumnarSplitter(
             source,
             text_field=text_field,
@@ -137,7 +143,9 @@ def iter_pieces(
     arbitrary character boundaries — the consumer decides where ids may be cut;
     ``"".join`` of a document's piece texts is the document. ``start``/``end`` read
     only that byte range of an uncompressed file, as if the file began and ended there
-    (a BOM is dropped only at byte 0); for a ``.gz`` any range is a DataError.
+    (a BOM is dropped only at byte 0); of a Parquet or Arrow file, the row groups or
+    record batches that start in it (``iter_batches``); for a ``.gz`` any range is a
+    DataError.
 
     When the range holds any document, the pieces' byte ranges tile it exactly: the
     first starts at ``start``, each next one where the previous ended, the last ends

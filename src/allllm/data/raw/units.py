@@ -1,18 +1,27 @@
 """Units of work: the independent parts one source is read in (what many processes share).
 
 - a compressed stream (``.gz``, ``.zst``) is one unit: it can only be read in order;
-- a Parquet row group and an Arrow record batch are units (``units=(a, b)`` reads them);
+- a Parquet or Arrow file is split at its row groups / record batches, a unit being
+  consecutive ones, in bytes of the file (``columnar.unit_offsets``);
 - uncompressed text is split by byte range, each cut just after a document's end: after a
   line end (``line``, JSON lines) or after a run of blank lines (``blank_line``); a ``file``
-  document is the whole file, so that is one unit.
+  document is never split, so its range is one unit.
+
+A unit holds at most ``target_bytes``, unless one document (one row group, one record
+batch) alone is bigger: that is one unit of its own, never cut. The cuts are made from
+byte 0 of the file, greedily (each the last one within ``target_bytes`` of the one
+before), and a range ``[start, end)`` uses those inside it, so the units of a range
+are always those of the whole file there: they depend only on the file's bytes.
 
 Read one after the other, the units of a source give exactly its documents — the same
 texts, in the same order — as reading it whole (tests/test_raw_units.py). Finding the cuts
-reads a few KB around each target offset, not the file.
+reads a few KB around each target offset, not the file (a document longer than that
+window is read back to its start).
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import re
 from collections.abc import Iterator
@@ -22,6 +31,7 @@ from typing import Any, Literal
 from allllm.data.raw.find import RawSource
 from allllm.data.raw.pieces import PieceBatch
 from allllm.data.raw.split import WS_BYTES
+from allllm.errors import DataError
 
 __all__ = ["WorkUnit", "iter_unit", "work_units"]
 
@@ -43,28 +53,102 @@ class WorkUnit:
     end: int
 
 
-def work_units(source: RawSource, *, boundary: str, target_bytes: int = 64 << 20) -> list[WorkUnit]:
-    """The units of ``source``: byte ranges of about ``target_bytes`` (text), one unit per
-    row group / record batch (Parquet, Arrow), or the whole file (compressed, ``file``)."""
+def work_units(
+    source: RawSource,
+    *,
+    boundary: str,
+    target_bytes: int = 64 << 20,
+    start: int = 0,
+    end: int | None = None,
+) -> list[WorkUnit]:
+    """The units covering bytes ``[start, end)`` of ``source`` (``end``: its size when None),
+    each of at most ``target_bytes`` but for a single bigger document (see the module
+    docstring): byte ranges, or the whole file for a compressed source."""
+    size = source.size
+    end = size if end is None else end
     if target_bytes < 1:
         raise ValueError("target_bytes must be positive")
+    if not 0 <= start <= end <= size:
+        raise ValueError(f"bad byte range start={start} end={end} of {size} bytes")
+    if source.compressed:
+        if (start, end) != (0, size):
+            raise ValueError(f"{source.display}: a compressed source is one unit, read whole")
+        return [WorkUnit(source, "whole", 0, size)]
+    if start == end:
+        return []
     if source.columnar:
-        from allllm.data.raw.columnar import unit_count
+        from allllm.data.raw.columnar import unit_offsets
 
-        kind: UnitKind = "row_groups" if source.format == "parquet" else "record_batches"
-        return [WorkUnit(source, kind, i, i + 1) for i in range(unit_count(source))]
-    if source.compressed or (boundary == "file" and not source.records):
-        return [WorkUnit(source, "whole", 0, source.size)]
-    pattern = _PARA_END if boundary == "blank_line" and not source.records else _LINE_END
+        offsets = unit_offsets(source)
+        if not {start, end} <= {0, *offsets, size}:
+            raise ValueError(f"{source.display}: [{start}, {end}) is not a range of whole units")
+        cuts = _group(sorted({*offsets[1:], size}), target_bytes, end)
+    elif boundary == "file" and not source.records:
+        cuts = [0, size]
+    else:
+        pattern = _PARA_END if boundary == "blank_line" and not source.records else _LINE_END
+        cuts = _text_cuts(source, pattern, target_bytes, end)
+    inside = [c for c in cuts if start < c < end]
+    return [WorkUnit(source, "bytes", a, b) for a, b in itertools.pairwise([start, *inside, end])]
+
+
+def _group(candidates: list[int], target: int, until: int) -> list[int]:
+    """Cuts from 0, each the last candidate within ``target`` of the one before (else the next
+    candidate), up to ``until``; ``candidates`` sorted, the file's size the last."""
     cuts = [0]
-    with open(source.path, "rb") as fh:
-        while cuts[-1] + target_bytes < source.size:
-            cut = _next_cut(fh, cuts[-1] + target_bytes, source.size, pattern)
-            if cut is None or cut >= source.size:
+    while cuts[-1] < until and candidates:
+        k = bisect.bisect_right(candidates, cuts[-1] + target) - 1
+        if k < 0 or candidates[k] <= cuts[-1]:
+            k = bisect.bisect_right(candidates, cuts[-1])
+        if k >= len(candidates):
+            break
+        cuts.append(candidates[k])
+    return cuts
+
+
+def _text_cuts(source: RawSource, pattern: re.Pattern[bytes], target: int, until: int) -> list[int]:
+    """Cuts just after document ends from 0, each the last one within ``target`` bytes of
+    the one before (else the first after it: a bigger document), up to ``until``."""
+    size = source.size
+    cuts = [0]
+    try:
+        with open(source.path, "rb") as fh:
+            while cuts[-1] < until and cuts[-1] + target < size:
+                at = cuts[-1] + target
+                cut = _last_cut(fh, cuts[-1], at, size, pattern)
+                if cut is None:
+                    cut = _next_cut(fh, at, size, pattern)
+                if cut is None or cut >= size:
+                    break
+                cuts.append(cut)
+    except OSError as exc:
+        raise DataError(f"{source.display}: cannot read: {exc.strerror}") from None
+    return cuts
+
+
+def _last_cut(fh: Any, lo: int, at: int, size: int, pattern: re.Pattern[bytes]) -> int | None:
+    """The last offset in ``(lo, at]`` just after a document end (None: there is none).
+
+    Windows are read backwards from ``at``, each a little past its end so a blank-line run
+    that reaches ``at`` is seen whole; a match that reaches the end of what was read may
+    go on, so it counts only at the end of the file.
+    """
+    hi = at
+    while hi > lo:
+        base = max(lo, hi - _WINDOW)
+        fh.seek(base)
+        buf = fh.read(min(size, hi + _WINDOW) - base)
+        eof = base + len(buf) >= size
+        best = None
+        for m in pattern.finditer(buf):
+            if base + m.end() > at:
                 break
-            cuts.append(cut)
-    cuts.append(source.size)
-    return [WorkUnit(source, "bytes", a, b) for a, b in itertools.pairwise(cuts)]
+            if base + m.end() > lo and (m.end() < len(buf) or eof):
+                best = base + m.end()
+        if best is not None:
+            return best
+        hi = base
+    return None
 
 
 def _next_cut(fh: Any, at: int, size: int, pattern: re.Pattern[bytes]) -> int | None:
@@ -78,7 +162,7 @@ def _next_cut(fh: Any, at: int, size: int, pattern: re.Pattern[bytes]) -> int | 
     buf = b""
     while True:
         block = fh.read(_WINDOW)
-        buf += block
+        buf = (buf + block)[: size - base]  # never past the listed size (a file may grow)
         eof = not block or base + len(buf) >= size
         for m in pattern.finditer(buf):
             if base + m.end() < at:

@@ -41,7 +41,7 @@ def job_pieces(
             on_decode_error=data_cfg.on_decode_error,
             chunk_bytes=chunk_bytes,
             start=item.start,
-            end=None if source.immutable else item.end,  # compressed, columnar: read whole
+            end=None if source.compressed else item.end,  # a compressed stream: read whole
             max_record_bytes=data_cfg.max_document_bytes,
         ):
             skipped[0] += batch.skipped

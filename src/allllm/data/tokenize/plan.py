@@ -7,8 +7,20 @@ BOS/EOS, text field) covers its current bytes. A source that grew by appending
 — its old content is an unchanged prefix — needs a shard of only the new
 bytes. A source changed any other way is tokenized whole again, and its old
 shards are *superseded* (with every other source those shards hold, so no
-text is lost). Small pieces of work are packed into one shard so they waste
-no rows.
+text is lost).
+
+The work is then cut into shard jobs (one shard each) of at most ``shard_bytes`` of
+input, whatever the world size, at the raw reader's units (``raw.work_units``: just
+after a document end, at row groups / record batches; a compressed stream and a
+``file`` document whole), so the jobs depend only on the sources' bytes — never on
+the world size, timing or order of hashing. The limit: one document (row group,
+record batch, compressed file) over ``shard_bytes`` is a job of its own, never cut.
+Pieces under ``pack_below_bytes`` are packed, in input order, into shards of at most
+``shard_bytes``. Of a source redone whole, the job of its first part (byte 0) names
+the superseded shards; it must be written before the source's other parts (the jobs'
+order), since a later part may have an old shard's id (unchanged text), and supersession
+by id reaches every older shard of that id. Existing shards stay up to date whatever
+``shard_bytes`` is now (several with adjacent byte ranges cover a source as one does).
 
 A shard is *live* unless a newer shard lists its id in ``supersedes``. "Newer"
 matters when text comes back: v1 → v2 → v1 again gives a third shard with the
@@ -21,7 +33,7 @@ import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from allllm.data.shard_format import (
     META_SUFFIX,
@@ -31,14 +43,20 @@ from allllm.data.shard_format import (
     shard_order_key,
 )
 from allllm.data.tokenize import journal
+from allllm.data.tokenize.packing import (
+    ShardJob,
+    Why,
+    WorkItem,
+    pack_items,
+    split_item,
+)
 from allllm.errors import DataError
 
 if TYPE_CHECKING:
     from allllm.data.raw import RawSource
 
-PACK_LIMIT_BYTES = 256 << 20  # one packed shard holds at most this much input
-
-Why = Literal["new", "appended", "changed", "forced"]
+DEFAULT_SHARD_BYTES = 256 << 20  # data.shard_bytes: one shard's input at most
+PACK_LIMIT_BYTES = DEFAULT_SHARD_BYTES  # the name of the pack limit before shard_bytes
 
 
 @dataclass(frozen=True)
@@ -67,40 +85,6 @@ class Settings:
 
 
 @dataclass
-class WorkItem:
-    """A byte range of one source to tokenize."""
-
-    source: RawSource
-    start: int
-    end: int
-    # of the source's first ``source.size`` bytes (the whole file as it was listed); None
-    # where no decision needed it: the caller hashes those while it tokenizes
-    sha256: str | None
-    why: Why
-
-    @property
-    def nbytes(self) -> int:
-        return self.end - self.start
-
-
-@dataclass
-class ShardJob:
-    """The work items that become one shard."""
-
-    items: list[WorkItem]
-    supersedes: list[str] = field(default_factory=list)  # shard ids
-
-    @property
-    def nbytes(self) -> int:
-        return sum(i.nbytes for i in self.items)
-
-    @property
-    def source_stem(self) -> str:
-        first = source_stem(self.items[0].source.path)
-        return first if len(self.items) == 1 else f"packed-{first}-{len(self.items)}"
-
-
-@dataclass
 class TokenizePlan:
     jobs: list[ShardJob]
     up_to_date: list[RawSource]
@@ -109,20 +93,6 @@ class TokenizePlan:
     # the live shards made with these settings: a rebuild with the id of one of them is a
     # shard that already exists (``rebuilt``)
     live: list[ExistingShard] = field(default_factory=list)
-
-
-def source_stem(path: Path) -> str:
-    """``notes.txt`` → ``notes``; ``dump.jsonl.zst`` → ``dump``; never hidden (no leading dot)."""
-    from allllm.data.raw.find import SUFFIXES
-
-    name = path.name
-    low = name.lower()
-    for suffix in SUFFIXES:  # longest first
-        if low.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    name = name.lstrip(".")  # a hidden shard would be skipped by scans of the journal
-    return name or "source"
 
 
 def display_path(path: Path, cwd: Path | None = None) -> str:
@@ -206,16 +176,50 @@ class _History:
         return {e.stem for e in self.entries}
 
     def latest(self) -> tuple[int, str] | None:
-        """(size, sha256) of the most recent tokenized state, if its byte ranges are complete."""
-        if not self.entries:
+        """(size, sha256) of the most recent tokenized state, if its byte ranges are complete:
+        its shards cover its bytes from the size of the state it was appended to (covered
+        the same way) or from 0. Not after a gap (a deleted shard), nor for parts of a state
+        left beside older shards (a run stopped before the job superseding them)."""
+        states: dict[tuple[int, str], list[tuple[int, int]]] = {}
+        for e in self.entries:
+            states.setdefault((e.size, e.sha256), []).append((e.start, e.end))
+        if not states:
             return None
-        size, sha = max((e.size, e.sha256) for e in self.entries)
-        covered = 0
-        for lo, hi in sorted((e.start, e.end) for e in self.entries if e.size <= size):
-            if lo > covered:
-                return None  # a gap: some shard of this source was deleted
-            covered = max(covered, hi)
-        return (size, sha) if covered >= size else None
+        top = state = max(states)
+        while True:
+            ranges = sorted(states[state])
+            lo = covered = ranges[0][0]
+            for a, b in ranges:
+                if a > covered:
+                    return None  # a gap: some shard of this source was deleted
+                covered = max(covered, b)
+            if covered < state[0]:
+                return None
+            if lo == 0:
+                return top
+            prior = [k for k in states if k[0] == lo]  # the state this one was appended to
+            if not prior:
+                return None
+            state = max(prior)
+
+    def gaps(self, size: int, sha: str) -> list[tuple[int, int]]:
+        """The byte ranges of the source as it is now (``size``, ``sha``) that no shard
+        covers, when every live shard of it holds that very state and one starts at byte 0:
+        a run stopped midway (or a shard was deleted), and only those ranges are redone.
+        Their ends are cut points of the whole source, so they split as they did."""
+        if not self.entries or {(e.size, e.sha256) for e in self.entries} != {(size, sha)}:
+            return []
+        ranges = sorted((e.start, e.end) for e in self.entries)
+        if ranges[0][0] != 0:
+            return []
+        out, covered = [], 0
+        for a, b in ranges:
+            if a > covered:
+                out.append((covered, a))
+            covered = max(covered, b)
+        if covered < size:
+            out.append((covered, size))
+        return out
 
 
 def plan_tokenize(
@@ -226,10 +230,14 @@ def plan_tokenize(
     identity: Callable[[RawSource], str],
     sha256: Callable[[RawSource, int | None], str],
     pack_below_bytes: int,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
     force: bool = False,
     cwd: Path | None = None,
 ) -> TokenizePlan:
     """Compare live sources with existing shards and return the shard jobs to run.
+
+    Every job holds at most ``shard_bytes`` of input, except a job of one document (row
+    group, record batch, compressed file) bigger than that (the module docstring).
 
     ``sha256(source, n)`` hashes the first ``n`` bytes of a source; every source
     is hashed over exactly the ``size`` it was listed with, so text appended while
@@ -237,6 +245,8 @@ def plan_tokenize(
     Sources with no earlier shard (and all with ``force``) are not hashed here: their
     ``WorkItem.sha256`` is None, for the caller to compute while it tokenizes them.
     """
+    if shard_bytes < 1:
+        raise ValueError("shard_bytes must be positive")
     sources = list(sources)
     by_identity = {identity(s): s for s in sources}
     live = live_shards(e for e in existing if settings.matches(e.meta))
@@ -257,6 +267,7 @@ def plan_tokenize(
 
     warnings: list[str] = []
     items: dict[str, WorkItem] = {}
+    resumed: dict[str, list[WorkItem]] = {}  # a run stopped midway: only the missing ranges
     up_to_date: list[RawSource] = []
     current: dict[str, str] = {}  # identity -> sha256 of the source now
     full: set[str] = set()  # identities to tokenize whole
@@ -269,6 +280,10 @@ def plan_tokenize(
         latest = hist.latest()
         if latest is not None and latest == (src.size, sha):
             up_to_date.append(src)
+            continue
+        gaps = [] if src.compressed else hist.gaps(src.size, sha)
+        if gaps:
+            resumed[key] = [WorkItem(src, a, b, sha, "resumed") for a, b in gaps]
             continue
         if (
             latest is not None
@@ -307,10 +322,15 @@ def plan_tokenize(
         items[key] = WorkItem(src, 0, src.size, current.get(key), why)
     up_to_date = [s for s in up_to_date if identity(s) not in full]
 
-    ordered = [items[k] for k in by_identity if k in items]  # input order (sorted by the reader)
-    jobs = _pack(ordered, pack_below_bytes)
+    ordered = [  # input order (sorted by the reader), each item cut at shard_bytes
+        part
+        for key in by_identity
+        for item in ([items[key]] if key in items else resumed.get(key, []))
+        for part in split_item(item, settings.document_boundary, shard_bytes)
+    ]
+    jobs = pack_items(ordered, pack_below_bytes, shard_bytes)
     for job in jobs:  # each new shard names the old shards its sources replace
-        replaced = {
+        replaced = {  # a source redone whole: by the job of its first part (start 0) only
             stem
             for item in job.items
             if item.start == 0
@@ -319,22 +339,3 @@ def plan_tokenize(
         }
         job.supersedes = sorted({meta_of_stem[s].shard_id for s in replaced})
     return TokenizePlan(jobs, up_to_date, sorted(superseded), warnings, live)
-
-
-def _pack(items: list[WorkItem], pack_below_bytes: int) -> list[ShardJob]:
-    """One shard per large item; small items share shards of up to PACK_LIMIT_BYTES."""
-    jobs: list[ShardJob] = []
-    pack: list[WorkItem] = []
-    pack_bytes = 0
-    for item in items:
-        if item.nbytes >= pack_below_bytes:
-            jobs.append(ShardJob([item]))
-            continue
-        if pack and pack_bytes + item.nbytes > PACK_LIMIT_BYTES:
-            jobs.append(ShardJob(pack))
-            pack, pack_bytes = [], 0
-        pack.append(item)
-        pack_bytes += item.nbytes
-    if pack:
-        jobs.append(ShardJob(pack))
-    return jobs

@@ -33,7 +33,12 @@ from allllm.data.tokenize.plan import (
 )
 from allllm.data.tokenize.rebuilt import RebuildCheck, Verdict, settle
 from allllm.data.tokenize.setup import Setup, ensure_writable_dir, load_setup
-from allllm.data.tokenize.shared_plan import POLL_S, SharedPlan, forget_dead_plans
+from allllm.data.tokenize.shared_plan import (
+    POLL_S,
+    SharedPlan,
+    forget_dead_plans,
+    job_dependencies,
+)
 from allllm.data.tokenize.summary import (
     NoProgress,
     ShardSummary,
@@ -121,6 +126,7 @@ def tokenize(
                     identity=source_identity,
                     sha256=sha256,
                     pack_below_bytes=cfg.data.pack_below_bytes,
+                    shard_bytes=cfg.data.shard_bytes,
                     force=force,
                 )
                 shared.publish(plan)
@@ -162,11 +168,12 @@ def _claim_and_run(
     """Run every job this rank can claim, then wait for (or take over) the others' until all
     are done: a rank whose process died is replaced by whoever notices."""
     jobs = plan.jobs
+    deps = job_dependencies(plan)
     counted: set[int] = set()  # jobs whose bytes the progress shows
     remaining = list(range(len(jobs)))
     while remaining:
         for k in remaining:
-            if shared.take(k):
+            if all(shared.is_done(i) for i in deps.get(k, ())) and shared.take(k):
                 runner.run(jobs[k])
                 shared.finish(k)
                 counted.add(k)

@@ -28,7 +28,7 @@ from allllm.data.tokenize.summary import ShardSummary, TokenizeSummary
 from allllm.errors import AllllmError, DataError, FormatVersionError
 from allllm.util.atomic import atomic_write_text
 
-__all__ = ["POLL_S", "SharedPlan", "forget_dead_plans", "merge_summaries"]
+__all__ = ["POLL_S", "SharedPlan", "forget_dead_plans", "job_dependencies", "merge_summaries"]
 
 PLANS_DIR = "plans"
 FORMAT_VERSION = 1
@@ -269,3 +269,26 @@ def forget_dead_plans(data_dir: Path, hold: HeldLock) -> list[str]:
                 shutil.rmtree(entry.path, ignore_errors=True)
                 gone.append(entry.name)
     return gone
+
+
+def job_dependencies(plan: TokenizePlan) -> dict[int, set[int]]:
+    """job -> the jobs that must be done before it may start.
+
+    A source redone whole and cut into several shards names the shards it replaces in
+    the shard of its first part; that shard must be committed before the other parts',
+    or naming an old id that an unchanged later part reproduces would retire the new
+    part too. So a job holding a later part waits for the job holding part 0 (always an
+    earlier job: items keep their order). One process runs jobs in order anyway.
+    """
+    first: dict[str, int] = {}  # source path -> the job holding its byte 0, if it supersedes
+    for k, job in enumerate(plan.jobs):
+        for item in job.items:
+            if item.start == 0 and job.supersedes:
+                first.setdefault(os.path.abspath(item.source.path), k)
+    deps: dict[int, set[int]] = {}
+    for k, job in enumerate(plan.jobs):
+        for item in job.items:
+            i = first.get(os.path.abspath(item.source.path))
+            if item.start > 0 and i is not None and i != k:
+                deps.setdefault(k, set()).add(i)
+    return deps

@@ -257,3 +257,15 @@ def test_later_parts_of_a_superseding_source_wait_for_its_first() -> None:
     ]
     deps = job_dependencies(TokenizePlan(jobs, [], [], []))
     assert deps == {1: {0}, 2: {0}}
+
+
+def test_spawned_workers_on_one_machine_equal_one_process(tmp_path: Path, reference: dict) -> None:
+    root = _workspace(tmp_path / "ws")
+    proc = _cli(root, "--workers", "2", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _layout(root / "data") == reference
+    summary = json.loads(proc.stdout)
+    assert len(summary["shards"]) == len(reference)
+    assert not (root / "data" / ".allllm" / "plans" / "x").exists()
+    bad = _torchrun(root, 2, "--workers", "2")
+    assert bad.returncode != 0 and "--workers 2 with torchrun ranks" in bad.stderr

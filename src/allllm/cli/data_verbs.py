@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -188,6 +188,12 @@ def tokenize_cmd(
             "--job-id", help="The job the tasks share (default: TORCHELASTIC_RUN_ID, SLURM_JOB_ID)."
         ),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers", min=1, help="Worker processes on this machine (they split its cores)."
+        ),
+    ] = 1,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -199,8 +205,14 @@ def tokenize_cmd(
     from allllm.config import load_config
     from allllm.data.tokenize.run import tokenize
     from allllm.data.tokenize.world import resolve_world
+    from allllm.errors import ConfigError
 
     world = resolve_world(rank, world_size, job_id)
+    if workers > 1 and not world.is_single:
+        raise ConfigError(
+            f"--workers {workers} with {world.launcher} ranks",
+            "use one of them: more ranks (torchrun --nproc-per-node, srun) or --workers",
+        )
     cfg = load_config(model, config)
     console = make_console()
     err_console = make_console(stderr=True)
@@ -217,16 +229,20 @@ def tokenize_cmd(
         if not quiet:
             warn_line(err_console, message)
 
-    summary = tokenize(
-        cfg,
-        inputs=input_ or None,
-        force=force,
-        extra_formats=["bin"] if bin_ else None,
-        progress=progress,
-        warn=warn,
-        num_threads=threads,
-        world=world,
-    )
+    options: dict[str, Any] = {
+        "inputs": input_ or None,
+        "force": force,
+        "extra_formats": ["bin"] if bin_ else None,
+        "progress": progress,
+        "warn": warn,
+        "num_threads": threads,
+    }
+    if workers > 1:
+        from allllm.data.tokenize.local_workers import tokenize_with_workers
+
+        summary = tokenize_with_workers(cfg, workers, **options)
+    else:
+        summary = tokenize(cfg, world=world, **options)
     if as_json and (world.rank == 0 or not world.simultaneous):
         print_json(summary.to_dict())
     elif show:

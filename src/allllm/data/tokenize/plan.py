@@ -48,9 +48,26 @@ from allllm.data.tokenize.packing import (
     Why,
     WorkItem,
     pack_items,
+    source_stem,
     split_item,
 )
 from allllm.errors import DataError
+
+__all__ = [  # the plan's parts (``packing``) are re-exported: callers import them from here
+    "DEFAULT_SHARD_BYTES",
+    "PACK_LIMIT_BYTES",
+    "ExistingShard",
+    "Settings",
+    "ShardJob",
+    "TokenizePlan",
+    "WorkItem",
+    "display_path",
+    "existing_shards",
+    "identity_of_meta_path",
+    "live_shards",
+    "plan_tokenize",
+    "source_stem",
+]
 
 if TYPE_CHECKING:
     from allllm.data.raw import RawSource

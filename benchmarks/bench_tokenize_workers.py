@@ -44,10 +44,10 @@ def _corpus(root: Path, mb: float) -> list[Path]:
     raw = root / "data" / "raw"
     raw.mkdir(parents=True)
     out = []
-    for c in range(copies):  # one file per play per copy: many shard jobs to share
-        for f, t in zip(files, texts):
-            path = raw / f"c{c:03d}-{f.name}"
-            path.write_text(f"[{c}] {t}", encoding="utf-8")
+    for c in range(copies):  # ~2 MB files (16 plays each): shard jobs for the workers to share
+        for k in range(0, len(texts), 16):
+            path = raw / f"c{c:03d}-{k:02d}.txt"
+            path.write_text("".join(f"[{c}] {t}" for t in texts[k : k + 16]), encoding="utf-8")
             out.append(path)
     return out
 

@@ -183,6 +183,11 @@ def test_world_from_launchers_and_flags() -> None:
         with pytest.raises(ConfigError):
             resolve_world(*bad, env={})
     assert resolve_world(env={}).world_size == 1
+    static = {"RANK": "1", "WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "none"}
+    with pytest.raises(ConfigError, match="nothing names the job"):
+        resolve_world(env=static)
+    w = resolve_world(env={**static, "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"})
+    assert w.job_id == "10.0.0.1-29500"
 
 
 def test_journal_entries_name_their_writer(workspace: Path, monkeypatch) -> None:

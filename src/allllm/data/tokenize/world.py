@@ -81,9 +81,16 @@ def resolve_world(
     elif "WORLD_SIZE" in env and "RANK" in env:
         rank, world_size = _int(env, "RANK"), _int(env, "WORLD_SIZE")
         launcher, simultaneous = "torchrun", True
-        job = job_id or env.get("TORCHELASTIC_RUN_ID") or env.get("SLURM_JOB_ID")
-        if job is None or job == "none":  # torchrun's default run id without rendezvous
-            job = job_id or env.get("MASTER_ADDR", "") + "-" + env.get("MASTER_PORT", "")
+        run_id = env.get("TORCHELASTIC_RUN_ID")
+        job = job_id or (run_id if run_id not in (None, "", "none") else None)
+        job = job or env.get("SLURM_JOB_ID")
+        if job is None and env.get("MASTER_ADDR") and env.get("MASTER_PORT"):
+            job = f"{env['MASTER_ADDR']}-{env['MASTER_PORT']}"  # torchrun without --rdzv-id
+        if job is None and world_size and world_size > 1:
+            raise ConfigError(
+                "RANK and WORLD_SIZE are set but nothing names the job its ranks share",
+                "launch with torchrun (or srun), or pass the same --job-id to every rank",
+            )
     elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
         rank, world_size = _int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS")
         launcher, simultaneous = "slurm", True

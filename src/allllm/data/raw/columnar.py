@@ -24,7 +24,7 @@ import bisect
 from collections.abc import Iterator
 from typing import Any
 
-from allllm.data.raw.byte_stream import DECODE_HINT, split_cut
+from allllm.data.raw.byte_stream import DECODE_HINT
 from allllm.data.raw.pieces import BatchBuilder, PieceBatch
 from allllm.errors import DataError
 
@@ -247,7 +247,7 @@ class ColumnarSplitter:
             else:
                 b.whole(texts, ends)
                 texts, ends = [], []
-                self._big_record(b, value, i)
+                b.big(value, i, self.chunk)
         b.whole(texts, ends)
         b.covered = first_row + len(values)
         b.skipped += skipped
@@ -268,15 +268,6 @@ class ColumnarSplitter:
                     ) from None
                 out.append(raw.decode("utf-8", "replace"))
         return out
-
-    def _big_record(self, b: BatchBuilder, value: str, end: int) -> None:
-        data = value.encode("utf-8")
-        i = 0
-        while i < len(data):
-            j = len(data) if len(data) - i <= self.chunk else split_cut(data, i, i + self.chunk)
-            b.add(data[i:j].decode("utf-8"), end if j == len(data) else b.covered)
-            i = j
-        b.close()
 
 
 def _leaf_index(pf: Any, name: str) -> int:

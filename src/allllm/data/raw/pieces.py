@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from allllm.data.raw.byte_stream import split_cut
+
 
 @dataclass(frozen=True)
 class TextPiece:
@@ -119,6 +121,17 @@ class BatchBuilder:
             self.ends += ends
             self.firsts += [True] * len(texts)
             self.covered = ends[-1]
+
+    def big(self, value: str, end: int, chunk: int) -> None:
+        """One record text longer than ``chunk`` bytes, as a document of pieces of at most
+        ``chunk`` bytes (cut between characters); only the last one covers its bytes."""
+        data = value.encode("utf-8")
+        i = 0
+        while i < len(data):
+            j = len(data) if len(data) - i <= chunk else split_cut(data, i, i + chunk)
+            self.add(data[i:j].decode("utf-8"), end if j == len(data) else self.covered)
+            i = j
+        self.close()
 
     def maybe(self, text: str, start: int, end: int, prefix: str = "") -> None:
         """Whitespace that belongs to the document only if text follows before it ends."""

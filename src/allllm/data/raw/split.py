@@ -36,7 +36,6 @@ from allllm.data.raw.byte_stream import (
     blocks,
     char_blocks,
     make_decoder,
-    split_cut,
     tail_cut,
 )
 from allllm.data.raw.pieces import BatchBuilder, PieceBatch
@@ -297,7 +296,7 @@ class SourceSplitter:
             else:
                 self.b.whole(texts, ends)
                 texts, ends = [], []
-                self._big_record(value, min(pos, limit))
+                self.b.big(value, min(pos, limit), self.chunk)
         self.b.whole(texts, ends)
         return line_no + len(lines)
 
@@ -344,16 +343,6 @@ class SourceSplitter:
         if not value or value.isspace():
             return None
         return value
-
-    def _big_record(self, value: str, end: int) -> None:
-        """A record text longer than a chunk, in pieces; only the last one covers its bytes."""
-        data, b = value.encode("utf-8"), self.b
-        i = 0
-        while i < len(data):
-            j = len(data) if len(data) - i <= self.chunk else split_cut(data, i, i + self.chunk)
-            b.add(data[i:j].decode("utf-8"), end if j == len(data) else b.covered)
-            i = j
-        b.close()
 
     def _too_long(self, n: int, offset: int) -> DataError:
         return DataError(

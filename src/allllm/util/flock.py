@@ -1,8 +1,9 @@
 """An exclusive, non-blocking ``flock`` on a file, holding who took it.
 
-One helper for both of allllm's locks (one tokenize per data dir, one trainer per
-checkpoint dir). The kernel drops a flock when its holder dies, so a lock left by a
-killed process never blocks the next one. flock is not reliable on NFS (README).
+The trainer's lock (one trainer per checkpoint dir); tokenize's data-dir lock uses
+heartbeat files instead (``data.tokenize.joblock``), since a cluster's ranks meet on NFS.
+The kernel drops a flock when its holder dies, so a lock left by a killed process never
+blocks the next one. flock is not reliable on NFS (README).
 """
 
 from __future__ import annotations

@@ -177,7 +177,7 @@ def _claim_and_run(
                 runner.run(jobs[k])
                 shared.finish(k)
                 counted.add(k)
-        remaining = shared.pending(len(jobs))
+        remaining = [k for k in remaining if not shared.is_done(k)]  # done stays done
         for k in set(range(len(jobs))) - set(remaining) - counted:  # done by other ranks
             progress.advance(jobs[k].nbytes, 0)
             counted.add(k)

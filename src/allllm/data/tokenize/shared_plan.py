@@ -204,9 +204,6 @@ class SharedPlan:
     def finish(self, k: int) -> None:
         atomic_write_text(self.folder / "done" / str(k), str(self.hold.world.rank))
 
-    def pending(self, n: int) -> list[int]:
-        return [k for k in range(n) if not self.is_done(k)]
-
     # -- summaries ----------------------------------------------------------------------------
     def write_summary(self, summary: TokenizeSummary) -> None:
         path = self.folder / f"summary-{self.hold.world.rank}.json"

@@ -33,6 +33,7 @@ from tokenize_helpers import (
     check_shard,
     documents,
     make_config,
+    part_ids,
     real_text,
     states,
     whole_document_ids,
@@ -74,20 +75,22 @@ def _tiles(ranges: list[tuple[int, int]], start: int, end: int) -> bool:
 def test_a_big_text_source_is_cut_at_line_ends_into_shards_of_at_most_shard_bytes(
     workspace: Path, tok: TokenizerManager
 ) -> None:
-    long_line = "y" * (6 * KB) + "\n"  # one document over shard_bytes: a job of its own
+    long_line = "y" * (6 * KB) + "\n"  # one document over shard_bytes: cut inside it
     path = write_raw("a.txt", _lines(10_000, 1) + long_line + _lines(10_000, 2))
     data = path.read_bytes()
     cfg = make_config(document_boundary="line", shard_bytes=4 * KB)
     summary = _tokenize(cfg)
     shards = _of(check_all(cfg.data_dir, cfg, tok), "data/raw/a.txt")
-    assert len(summary.shards) == len(shards) >= 5
+    assert len(summary.shards) == len(shards) >= 6
     ranges = _ranges(shards)
     assert _tiles(ranges, 0, len(data))
-    assert all(data[end - 1 : end] == b"\n" for _, end in ranges)  # cut at line ends
-    for shard, (a, b) in zip(shards, ranges):
+    inside = [tuple(s.meta.sources[0].inside_document) for s in shards]
+    # cut at line ends, but once inside the long line (the byte tokenizer cuts anywhere)
+    assert [data[end - 1 : end] == b"\n" for _, end in ranges] == [not i[1] for i in inside]
+    assert sum(i[1] for i in inside) == 1 and all(b - a <= cfg.data.shard_bytes for a, b in ranges)
+    for shard, (a, b), cut in zip(shards, ranges, inside):
         docs = documents(path, cfg, a, b)
-        assert b - a <= cfg.data.shard_bytes or docs == [long_line.strip()]
-        assert np.array_equal(shard.ids, whole_document_ids(docs, tok, cfg))
+        assert np.array_equal(shard.ids, part_ids(docs, tok, cfg, cut))
         assert shard.meta.n_documents == len(docs)
     # the same token stream, document for document, as one whole-file shard
     big = make_config(document_boundary="line", dir="whole", shard_bytes=1 << 20)

@@ -208,6 +208,20 @@ def whole_document_ids(docs: Iterable[str], tok: TokenizerManager, cfg: Config) 
     return np.asarray(out, dtype=np.int64)
 
 
+def part_ids(
+    docs: list[str], tok: TokenizerManager, cfg: Config, inside: tuple[bool, bool]
+) -> np.ndarray:
+    """``whole_document_ids`` of a byte range that may start / end inside a document (meta
+    ``inside_document``): no BOS before its first document then, no EOS after its last."""
+    bos, eos = tok.special_ids_for_document()
+    out: list[int] = []
+    for k, doc in enumerate(docs):
+        out += [bos] if bos is not None and not (k == 0 and inside[0]) else []
+        out += tok.backend.encode(doc)
+        out += [eos] if eos is not None and not (k == len(docs) - 1 and inside[1]) else []
+    return np.asarray(out, dtype=np.int64)
+
+
 def spec_for(cfg: Config, tok: TokenizerManager) -> ScanSpec:
     return ScanSpec.from_config(cfg, TokenizerIdentity.from_description(tok.describe()))
 

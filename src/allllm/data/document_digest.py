@@ -23,6 +23,11 @@ NO_SOURCE = 0xFFFFFFFF  # a document whose source is unknown (split from an old 
 DOC_DTYPE = np.dtype(
     [("hi", "<u8"), ("lo", "<u8"), ("start", "<u8"), ("source", "<u4"), ("flags", "<u4")]
 )
+#: record ``flags`` bits: a document cut between shards at a safe point of the encoder
+#: (``units.work_units``) is one record in each, its part here starting inside the document
+#: (no BOS; the part before is in another shard) and / or ending inside it (no EOS)
+DOC_CONTINUED = 1
+DOC_CONTINUES = 2
 _DIGEST = np.dtype(">u8")  # a 16-byte digest read as two big-endian uint64: (hi, lo)
 
 

@@ -15,7 +15,9 @@ Layout (little-endian, ``np.fromfile(path, DOC_DTYPE, offset=32)`` reads it):
   (:data:`DIGEST_ALGORITHM`: blake2b-128 of the ids as uint32 LE, the first and last
   8 bytes as big-endian integers), ``start`` the first token's offset (a document
   ends where the next one starts, the last at meta ``n_tokens``), ``source`` an
-  index into meta ``sources`` (:data:`NO_SOURCE` when unknown), ``flags`` 0.
+  index into meta ``sources`` (:data:`NO_SOURCE` when unknown), ``flags``
+  :data:`DOC_CONTINUED` | :data:`DOC_CONTINUES` where the record is the part of a
+  document cut between shards (meta ``sources[].inside_document``), else 0.
 
 Tokenize writes the sidecar with the shard (``tokenize.write``; the records come from
 ``document_digest``, re-exported here) and names it in meta ``documents``. A shard
@@ -37,6 +39,8 @@ import numpy as np
 
 from allllm.data.document_digest import (
     DIGEST_ALGORITHM,
+    DOC_CONTINUED,
+    DOC_CONTINUES,
     DOC_DTYPE,
     NO_SOURCE,
     BackgroundDigester,
@@ -55,6 +59,8 @@ __all__ = [
     "DIGEST_ALGORITHM",
     "DOCS_FORMAT",
     "DOCS_SUFFIX",
+    "DOC_CONTINUED",
+    "DOC_CONTINUES",
     "DOC_DTYPE",
     "HEADER_SIZE",
     "MAGIC",

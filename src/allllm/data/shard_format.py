@@ -193,6 +193,9 @@ class SourceInfo(_MetaModel):
     size: int = Field(ge=0)
     sha256: str
     byte_range: tuple[int, int]
+    # the range starts / ends inside a document cut at a safe point of the encoder (its
+    # other part is in the shard holding the bytes before / after); metas before 0.x: absent
+    inside_document: tuple[bool, bool] = (False, False)
 
 
 class FileInfo(_MetaModel):

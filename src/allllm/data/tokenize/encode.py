@@ -8,18 +8,16 @@ change an id (docs/design.md: tokens, documents, rows); segments of many documen
 thread. While one batch is being encoded the next one is assembled and the
 previous one written, so reading, cutting and writing overlap the encoding.
 
-Pieces that are whole short documents (every line in ``line`` mode) take a
-fast path that handles a whole list of them at once; ids come back as arrays
-(long texts) or lists (short ones) and are flattened in bulk
-(``array.fromlist``: ~4 ns an id) — or, where the backend can prove it equal
-(tiktoken: texts joined by a special token), a batch of short texts is encoded
-in one call — and BOS/EOS are inserted with one vectorized scatter per batch.
+Pieces that are whole short documents (every line in ``line`` mode) take a fast path
+that handles a whole list at once; ids come back as arrays or lists, are flattened in
+bulk (``array.fromlist``) — or, where the backend proves it equal (tiktoken: texts joined
+by a special token), a batch of short texts is one call — and BOS/EOS are inserted with
+one vectorized scatter per batch.
 
-Memory stays bounded: a batch holds at most ``batch_chars`` of text (plus one
-piece), and a document with no safe cut point is held whole only up to
-``max_document_chars``; beyond that it is cut anyway (a warning says so: the
-ids around that cut may differ from encoding the document whole) — or, for a
-backend that can never be cut (SentencePiece), refused with a clear error.
+Memory stays bounded: a batch holds at most ``batch_chars`` of text (plus one piece),
+and a document with no safe cut point is held whole only up to ``max_document_chars``;
+beyond that it is cut anyway (a warning says so: ids around that cut may differ from
+encoding it whole) — or, for a backend that can never be cut (SentencePiece), refused.
 """
 
 from __future__ import annotations
@@ -49,6 +47,8 @@ class Pieces(NamedTuple):
     Piece ``i`` starts a document when ``doc_starts[i]``; it ends its document when
     the next piece starts one, or, for the last piece, when ``open`` is False.
     ``nbytes`` is how much input of ``source`` these pieces complete (for progress).
+    A document cut between shards (``units.work_units``): ``continues``, the first piece
+    goes on with one begun elsewhere (no BOS); ``cut``, the open one ends here, no EOS.
     """
 
     texts: Sequence[str]
@@ -56,6 +56,8 @@ class Pieces(NamedTuple):
     open: bool
     nbytes: int
     source: str = ""  # the input these pieces come from (for per-file progress)
+    continues: bool = False
+    cut: bool = False
 
 
 @dataclass
@@ -76,11 +78,9 @@ class EncodedChunk:
 
 @dataclass
 class EncodeTimings:
-    """Seconds per stage (the benchmark's profile; also in ``tokenize --json``).
-
-    CPU seconds of the thread doing the work where stages share the cores with the
-    encoder (so contention does not inflate them), wall seconds for the encoder itself.
-    """
+    """Seconds per stage (the benchmark's profile; also in ``tokenize --json``): CPU seconds
+    of the thread doing the work where stages share the cores with the encoder (so
+    contention does not inflate them), wall seconds for the encoder itself."""
 
     read: float = 0.0  # CPU: reading and decoding the input (the raw reader)
     cut: float = 0.0  # CPU: finding safe cut points, assembling batches
@@ -128,8 +128,7 @@ class StreamEncoder:
     ~25% cheaper, for 16K-character segments arrays are). ``encode_joined``, when
     the backend has it, encodes a whole batch of short texts in one call (flat ids
     and a count per text): for one-line documents that is ~2x faster than a call
-    per line. ``cut_rule`` is the
-    tokenizer's rule, or None when documents may never be cut.
+    per line. ``cut_rule``: the tokenizer's, or None when documents may never be cut.
     """
 
     #: texts at least this long on average are encoded to arrays (when the backend can)
@@ -162,7 +161,6 @@ class StreamEncoder:
         self._segment_chars = max(1, segment_chars)
         self._batch_chars = max(1, batch_chars)
         self._max_doc = max(2 * self._segment_chars, max_document_chars)
-        # a document this long is cut (or, with no cut rule, refused) before it ends
         self._cut_at = 2 * self._segment_chars if cut_rule is not None else self._max_doc + 1
         self._warn = warn or (lambda _msg: None)
         self._source_name = source_name or (lambda: "input")
@@ -174,9 +172,9 @@ class StreamEncoder:
     def encode(self, feed: Iterable[Pieces]) -> Iterator[EncodedChunk]:
         """Yield encoded chunks in input order while the next batch is being prepared.
 
-        The cyclic garbage collector is paused meanwhile (``gc_pause``) and run
-        every ``GC_EVERY_BATCHES`` batches instead: every short document makes a
-        string and a list of ids, and the collections they trigger find nothing.
+        The cyclic garbage collector is paused meanwhile (``gc_pause``) and run every
+        ``GC_EVERY_BATCHES`` batches instead: every short document makes a string and a
+        list of ids, and the collections they trigger find nothing.
         """
         workers = self.workers
         with (
@@ -212,7 +210,7 @@ class StreamEncoder:
             if (
                 n
                 and doc is None
-                and not pieces.open
+                and not (pieces.open or pieces.continues or pieces.cut)
                 and all(starts)
                 and max(map(len, texts)) < self._cut_at
             ):  # whole short documents only: take the list as it is
@@ -227,15 +225,20 @@ class StreamEncoder:
                     if starts[i] or doc is None:
                         if doc is not None:  # a reader always ends its documents; still, keep text
                             self._end_document(batch, doc)
-                        doc = _Document(source=pieces.source)
+                        doc = _Document(
+                            source=pieces.source, first=not (i == 0 and pieces.continues)
+                        )
                     if text:
                         doc.parts.append(text)
                         doc.length += len(text)
                     if doc.length >= self._cut_at:
                         self._emit_heads(batch, doc)
                     if starts[i + 1] if i + 1 < n else not pieces.open:
-                        self._end_document(batch, doc)
+                        self._end_document(batch, doc, eos=not pieces.cut or i + 1 < n)
                         doc = None
+                if pieces.cut and doc is not None:  # (no text: the document was open before)
+                    self._end_document(batch, doc, eos=False)
+                    doc = None
             batch.add_progress(pieces.source, pieces.nbytes)
             self.timings.cut += clock() - t1
             if batch.chars >= self._batch_chars:
@@ -255,11 +258,11 @@ class StreamEncoder:
             batch.chars += len(head)
             doc.first = False
 
-    def _end_document(self, batch: _Batch, doc: _Document) -> None:
+    def _end_document(self, batch: _Batch, doc: _Document, eos: bool = True) -> None:
         text = "".join(doc.parts)
         batch.texts.append(text)
         batch.bos.append(doc.first and self._bos is not None)
-        batch.eos.append(self._eos is not None)
+        batch.eos.append(eos and self._eos is not None)
         batch.ends.append(True)
         batch.doc_sources.append(doc.source)
         batch.chars += len(text)

@@ -25,7 +25,9 @@ def job_pieces(
 
     Progress counts bytes on disk (compressed bytes for a ``.gz``), so every item
     advances by exactly its byte range, also where its text ends early. ``skipped[0]``
-    counts the empty records passed over.
+    counts the empty records passed over. An item that starts / ends inside a document
+    (``WorkItem.open_start`` / ``open_end``) continues it without BOS / ends it without
+    EOS, and its text is the document's as read whole (see ``_cut_tail``).
     """
     from allllm.data.raw import iter_batches
 
@@ -34,6 +36,8 @@ def job_pieces(
         source = item.source
         current["name"] = name = display_path(source.path)
         done = item.start
+        continues = item.open_start
+        had_text = False
         for batch in iter_batches(
             source,
             boundary=data_cfg.document_boundary,
@@ -46,10 +50,27 @@ def job_pieces(
         ):
             skipped[0] += batch.skipped
             at = min(batch.read_bytes, item.end)
-            yield Pieces(batch.texts, batch.doc_starts, batch.open, max(0, at - done), name)
+            is_open = batch.open or item.open_end  # the last document ends at the cut below
+            yield Pieces(batch.texts, batch.doc_starts, is_open, max(0, at - done), name, continues)
+            continues = continues and not batch.texts
+            had_text = had_text or bool(batch.texts)
             done = max(done, at)
-        if done < item.end:
+        if item.open_end:
+            tail = _cut_tail(item, data_cfg.document_boundary) if had_text else []
+            yield Pieces(tail, [False] * len(tail), False, item.end - done, name, cut=True)
+        elif done < item.end:
             yield Pieces([], [], False, item.end - done, name)
+
+
+def _cut_tail(item: WorkItem, boundary: str) -> list[str]:
+    """Text the reader leaves out at a cut inside a document but reading it whole keeps:
+    in ``blank_line`` mode a paragraph's line end ("\r\n" read as "\n") is read as the
+    "\n" that joins the next line, which is across the cut when the cut follows it."""
+    if boundary != "blank_line" or item.source.records:
+        return []
+    with open(item.source.path, "rb") as fh:
+        fh.seek(item.end - 1)
+        return ["\n"] if fh.read(1) == b"\n" else []
 
 
 def source_record(item: WorkItem) -> dict[str, Any]:
@@ -59,6 +80,7 @@ def source_record(item: WorkItem) -> dict[str, Any]:
         "size": item.source.size,
         "sha256": item.sha256,
         "byte_range": (item.start, item.end),
+        "inside_document": (item.open_start, item.open_end),
     }
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from allllm.data.raw import RawSource
+    from allllm.tokenizer.base import CutRule
 
 Why = Literal["new", "appended", "changed", "forced", "resumed"]
 
@@ -28,6 +29,10 @@ class WorkItem:
     # where no decision needed it: the caller hashes those while it tokenizes
     sha256: str | None
     why: Why
+    # the range starts / ends inside a document, cut at a safe point of the encoder (the
+    # part before it has no EOS, the part after no BOS; ``units.work_units``)
+    open_start: bool = False
+    open_end: bool = False
 
     @property
     def nbytes(self) -> int:
@@ -65,16 +70,35 @@ def source_stem(path: Path) -> str:
     return name or "source"
 
 
-def split_item(item: WorkItem, boundary: str, shard_bytes: int) -> list[WorkItem]:
-    """``item`` as consecutive items of at most ``shard_bytes`` (but for a bigger document)."""
+def split_item(
+    item: WorkItem, boundary: str, shard_bytes: int, cut_rule: CutRule | None = None
+) -> list[WorkItem]:
+    """``item`` as consecutive items of at most ``shard_bytes`` (but for a bigger document
+    that ``cut_rule``, the tokenizer's, cannot cut)."""
     if item.nbytes <= shard_bytes:
         return [item]
     from allllm.data.raw import work_units
 
     units = work_units(
-        item.source, boundary=boundary, target_bytes=shard_bytes, start=item.start, end=item.end
+        item.source,
+        boundary=boundary,
+        target_bytes=shard_bytes,
+        start=item.start,
+        end=item.end,
+        cut_rule=cut_rule,
     )
-    return [WorkItem(item.source, u.start, u.end, item.sha256, item.why) for u in units]
+    return [
+        WorkItem(
+            item.source,
+            u.start,
+            u.end,
+            item.sha256,
+            item.why,
+            item.open_start if u.start == item.start else u.open_start,
+            item.open_end if u.end == item.end else u.open_end,
+        )
+        for u in units
+    ]
 
 
 def pack_items(items: list[WorkItem], pack_below_bytes: int, limit: int) -> list[ShardJob]:
@@ -91,7 +115,15 @@ def pack_items(items: list[WorkItem], pack_below_bytes: int, limit: int) -> list
             pack, pack_bytes = [], 0
         last = pack[-1] if pack else None
         if last is not None and last.source is item.source and last.end == item.start:
-            pack[-1] = WorkItem(item.source, last.start, item.end, item.sha256, item.why)
+            pack[-1] = WorkItem(
+                item.source,
+                last.start,
+                item.end,
+                item.sha256,
+                item.why,
+                last.open_start,
+                item.open_end,
+            )
         else:  # (two parts of one source in one pack are one item: one meta `sources` entry)
             pack.append(item)
         pack_bytes += item.nbytes

@@ -71,6 +71,7 @@ __all__ = [  # the plan's parts (``packing``) are re-exported: callers import th
 
 if TYPE_CHECKING:
     from allllm.data.raw import RawSource
+    from allllm.tokenizer.base import CutRule
 
 DEFAULT_SHARD_BYTES = 256 << 20  # data.shard_bytes: one shard's input at most
 PACK_LIMIT_BYTES = DEFAULT_SHARD_BYTES  # the name of the pack limit before shard_bytes
@@ -181,6 +182,7 @@ class _Entry:
     start: int
     end: int
     sha256: str
+    inside: tuple[bool, bool] = (False, False)  # meta ``inside_document``
 
 
 @dataclass
@@ -219,23 +221,26 @@ class _History:
                 return None
             state = max(prior)
 
-    def gaps(self, size: int, sha: str) -> list[tuple[int, int]]:
+    def gaps(self, size: int, sha: str) -> list[tuple[int, int, bool, bool]]:
         """The byte ranges of the source as it is now (``size``, ``sha``) that no shard
         covers, when every live shard of it holds that very state and one starts at byte 0:
         a run stopped midway (or a shard was deleted), and only those ranges are redone.
-        Their ends are cut points of the whole source, so they split as they did."""
+        Their ends are cut points of the whole source, so they split as they did; each
+        comes with whether it starts / ends inside a document (as its neighbours say)."""
         if not self.entries or {(e.size, e.sha256) for e in self.entries} != {(size, sha)}:
             return []
         ranges = sorted((e.start, e.end) for e in self.entries)
         if ranges[0][0] != 0:
             return []
+        open_end = {e.end for e in self.entries if e.inside[1]}  # a document goes on after
+        open_start = {e.start for e in self.entries if e.inside[0]}
         out, covered = [], 0
         for a, b in ranges:
             if a > covered:
-                out.append((covered, a))
+                out.append((covered, a, covered in open_end, a in open_start))
             covered = max(covered, b)
         if covered < size:
-            out.append((covered, size))
+            out.append((covered, size, covered in open_end, False))
         return out
 
 
@@ -248,13 +253,15 @@ def plan_tokenize(
     sha256: Callable[[RawSource, int | None], str],
     pack_below_bytes: int,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
+    cut_rule: CutRule | None = None,
     force: bool = False,
     cwd: Path | None = None,
 ) -> TokenizePlan:
     """Compare live sources with existing shards and return the shard jobs to run.
 
     Every job holds at most ``shard_bytes`` of input, except a job of one document (row
-    group, record batch, compressed file) bigger than that (the module docstring).
+    group, record batch, compressed file) bigger than that which ``cut_rule`` (the
+    tokenizer's) cannot cut (the module docstring; ``units.work_units``).
 
     ``sha256(source, n)`` hashes the first ``n`` bytes of a source; every source
     is hashed over exactly the ``size`` it was listed with, so text appended while
@@ -278,7 +285,7 @@ def plan_tokenize(
             ids.append(key)
             stored_path[key] = s.path
             histories.setdefault(key, _History()).entries.append(
-                _Entry(shard.stem, s.size, s.byte_range[0], s.byte_range[1], s.sha256)
+                _Entry(shard.stem, s.size, *s.byte_range, s.sha256, tuple(s.inside_document))
             )
         sources_of_stem[shard.stem] = ids
 
@@ -300,7 +307,7 @@ def plan_tokenize(
             continue
         gaps = [] if src.compressed else hist.gaps(src.size, sha)
         if gaps:
-            resumed[key] = [WorkItem(src, a, b, sha, "resumed") for a, b in gaps]
+            resumed[key] = [WorkItem(src, *gap[:2], sha, "resumed", *gap[2:]) for gap in gaps]
             continue
         if (
             latest is not None
@@ -343,7 +350,7 @@ def plan_tokenize(
         part
         for key in by_identity
         for item in ([items[key]] if key in items else resumed.get(key, []))
-        for part in split_item(item, settings.document_boundary, shard_bytes)
+        for part in split_item(item, settings.document_boundary, shard_bytes, cut_rule)
     ]
     jobs = pack_items(ordered, pack_below_bytes, shard_bytes)
     for job in jobs:  # each new shard names the old shards its sources replace

@@ -35,7 +35,7 @@ from allllm.data.tokenize import journal
 from allllm.data.tokenize.plan import ExistingShard, identity_of_meta_path
 from allllm.data.tokenize.write import ShardWriter
 
-SourceKey = tuple[str, int, str, tuple[int, int]]
+SourceKey = tuple[str, int, str, tuple[int, ...], tuple[bool, ...]]
 
 
 @dataclass
@@ -65,7 +65,13 @@ class RebuildCheck:
 
     def _sources(self, meta: ShardMeta) -> list[SourceKey]:
         return [
-            (identity_of_meta_path(s.path, self.cwd), s.size, s.sha256, tuple(s.byte_range))
+            (
+                identity_of_meta_path(s.path, self.cwd),
+                s.size,
+                s.sha256,
+                tuple(s.byte_range),
+                tuple(s.inside_document),
+            )
             for s in meta.sources
         ]
 

@@ -127,6 +127,7 @@ def tokenize(
                     sha256=sha256,
                     pack_below_bytes=cfg.data.pack_below_bytes,
                     shard_bytes=cfg.data.shard_bytes,
+                    cut_rule=setup.cut_rule,
                     force=force,
                 )
                 shared.publish(plan)
@@ -293,6 +294,10 @@ def _write_shard(
     source_index = {display_path(i.source.path): k for k, i in enumerate(job.items)}
     documents = 0
     file_name = None
+    writer.cut_documents(
+        [k for k, i in enumerate(job.items) if i.open_start],
+        [k for k, i in enumerate(job.items) if i.open_end],
+    )
     try:
         for chunk in encoder.encode(feed):
             names = chunk.doc_sources

@@ -62,6 +62,7 @@ def _plan_to_json(plan: TokenizePlan) -> dict[str, Any]:
                         "end": i.end,
                         "sha256": i.sha256,
                         "why": i.why,
+                        "inside_document": [i.open_start, i.open_end],
                     }
                     for i in job.items
                 ],
@@ -87,7 +88,14 @@ def _plan_from_json(data: dict[str, Any], data_dir: Path, where: Path) -> Tokeni
     jobs = [
         ShardJob(
             [
-                WorkItem(_source(i["source"]), i["start"], i["end"], i["sha256"], i["why"])
+                WorkItem(
+                    _source(i["source"]),
+                    i["start"],
+                    i["end"],
+                    i["sha256"],
+                    i["why"],
+                    *i.get("inside_document", (False, False)),
+                )
                 for i in job["items"]
             ],
             list(job["supersedes"]),

@@ -27,7 +27,12 @@ from typing import Any, NoReturn
 import numpy as np
 
 from allllm import __version__
-from allllm.data.document_digest import DIGEST_ALGORITHM, BackgroundDigester
+from allllm.data.document_digest import (
+    DIGEST_ALGORITHM,
+    DOC_CONTINUED,
+    DOC_CONTINUES,
+    BackgroundDigester,
+)
 from allllm.data.documents import write_documents
 from allllm.data.shard_format import (
     DATA_SUFFIXES,
@@ -95,6 +100,7 @@ class ShardWriter:
         self._digester = BackgroundDigester()
         self._files: dict[str, _HashingFile] = {}
         self._pending = np.empty(0, dtype=np.uint32)  # ids not yet forming a full row
+        self._cut: tuple[list[int], list[int]] = ([], [])  # ``cut_documents``
         self._hasher = _StreamHasher()
         # a uint32 .bin holds the id stream's bytes: its hash is the stream's, plus the padding
         self._bin_from_stream = "bin" in self.formats and self.np_dtype == np.dtype("<u4")
@@ -196,6 +202,19 @@ class ShardWriter:
         """True while ids wait for the final (short) row."""
         return bool(self._pending.size)
 
+    def cut_documents(self, continued: Sequence[int], continues: Sequence[int]) -> None:
+        """Sources (meta ``sources`` indices) whose first document here continues one begun
+        in another shard / whose last goes on in another: their records get flagged."""
+        self._cut = (list(continued), list(continues))
+
+    def _flag_cut_documents(self, records: np.ndarray) -> None:
+        continued, continues = self._cut
+        for sources, flag, pick in ((continued, DOC_CONTINUED, 0), (continues, DOC_CONTINUES, -1)):
+            for k in sources:
+                at = np.flatnonzero(records["source"] == k)
+                if at.size:
+                    records["flags"][at[pick]] |= flag
+
     # -- completion -------------------------------------------------------------------------------
     def finish(self, **meta_fields: Any) -> ShardMeta:
         """Flush the final (possibly short) row, write the ``.docs``, rename the data files and
@@ -216,6 +235,7 @@ class ShardWriter:
             for f in self._files.values():
                 f.close()
             records = self._digester.finish(self.n_tokens)
+            self._flag_cut_documents(records)
             self.timings["docs"] += self._digester.seconds
             docs_sha, docs_size = write_documents(self.data_dir / self._docs_temp, records)
             shard_id = self._hasher.hexdigest(self.seq_len)

@@ -87,6 +87,17 @@ def _child_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+# runs a command and reports the peak RSS of the largest process under it (its own children's
+# maxrss: fresh for every run, whatever ran before in the benchmark)
+_WRAP = (
+    "import json, resource, subprocess, sys\n"
+    "code = subprocess.run(sys.argv[1:]).returncode\n"
+    "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+    "print(json.dumps({'rss_kb': rss}), file=sys.stderr)\n"
+    "sys.exit(code)\n"
+)
+
+
 def _tokenize(root: Path, workers: int) -> dict:
     shutil.rmtree(root / "data" / ".allllm", ignore_errors=True)
     for p in (root / "data").glob("*.cached.*"):
@@ -95,10 +106,12 @@ def _tokenize(root: Path, workers: int) -> dict:
     if workers > 1:
         cmd += ["--workers", str(workers)]
     cpu0, t0 = _child_cpu(), time.perf_counter()
-    proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", _WRAP, *cmd], cwd=root, capture_output=True, text=True, check=True
+    )
     wall = time.perf_counter() - t0
     summary = json.loads(proc.stdout)
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    rss = json.loads(proc.stderr.strip().splitlines()[-1])["rss_kb"] / 1024
     return {"wall": wall, "cpu": _child_cpu() - cpu0, "tokens": summary["tokens"],
             "timings": summary["timings"], "rss": rss}  # fmt: skip
 

@@ -139,3 +139,41 @@ def test_turning_checkpointing_on_between_runs_trains_the_same_weights(tmp_path:
     toggled = _two_runs(tmp_path / "toggled", checkpointing_in_run_2=True)
     assert plain.keys() == toggled.keys()
     assert all(torch.equal(plain[k], toggled[k]) for k in plain)
+
+
+def test_ddp_reduces_into_its_buckets_in_place(
+    one_rank_group: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No second fp32 copy of every gradient: DDP is built with gradient_as_bucket_view."""
+    seen: list[dict] = []
+    real = torch.nn.parallel.DistributedDataParallel.__init__
+
+    def record(self: torch.nn.Module, *args: object, **kwargs: object) -> None:
+        seen.append(kwargs)
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.parallel.DistributedDataParallel, "__init__", record)
+    model = parallelize(_model(), TrainConfig(), PARALLEL)
+    model(torch.randint(0, 101, (1, 8)))  # composable replicate builds DDP lazily
+    assert seen and all(kw.get("gradient_as_bucket_view") is True for kw in seen)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "param", "reduce"),
+    [
+        (torch.bfloat16, torch.bfloat16, torch.bfloat16),
+        (torch.float16, torch.float16, torch.float32),
+        (None, None, None),
+        (torch.float32, None, None),
+    ],
+)
+def test_fsdp2_gathers_and_reduces_in_the_autocast_dtype(
+    one_rank_group: None, dtype: torch.dtype | None, param: object, reduce: object
+) -> None:
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    model = parallelize(_model(), TrainConfig(fsdp=True), PARALLEL, param_dtype=dtype)
+    for module in [*model.blocks, model]:  # type: ignore[attr-defined]
+        policy = module._get_fsdp_state()._mp_policy
+        assert isinstance(policy, MixedPrecisionPolicy)
+        assert (policy.param_dtype, policy.reduce_dtype) == (param, reduce)

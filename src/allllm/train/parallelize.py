@@ -52,13 +52,17 @@ def parallelize(
     train: TrainConfig,
     info: DistInfo | None = None,
     device: torch.device | None = None,
+    param_dtype: torch.dtype | None = None,
 ) -> nn.Module:
     """Apply ``train``'s activation checkpointing and compile, then FSDP2 or DDP; return ``model``.
 
     ``model`` must have ``blocks`` (the decoder layers). Data parallelism is
     applied only in a process group of more than one rank (``info``); the
     model object is changed in place and returned, and its parameter names
-    never change.
+    never change. ``param_dtype``: the autocast dtype of mixed precision (None: fp32),
+    which FSDP2 gathers parameters and reduces gradients in (:func:`fsdp_mixed_precision`).
+    DDP reduces into its buckets in place (``gradient_as_bucket_view``): no second copy
+    of every gradient (+4 bytes a parameter, 11 GB for phi-2).
     """
     info = info or DistInfo()
     blocks = list(model.blocks)  # type: ignore[attr-defined]
@@ -73,9 +77,10 @@ def parallelize(
     if train.fsdp:
         from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
+        policy = fsdp_mixed_precision(param_dtype)
         for block in blocks:
-            fully_shard(block)
-        fully_shard(model)
+            fully_shard(block, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)
         for name in FSDP_FORWARD_METHODS:
             if hasattr(model, name):
                 register_fsdp_forward_method(model, name)
@@ -84,8 +89,21 @@ def parallelize(
 
     device = device or torch.device("cpu")
     ids = [device.index] if device.type == "cuda" else None
-    replicate(model, device_ids=ids)
+    replicate(model, device_ids=ids, gradient_as_bucket_view=True)
     return model
+
+
+def fsdp_mixed_precision(param_dtype: torch.dtype | None) -> Any:
+    """FSDP2's policy for an autocast dtype: gather parameters in it and reduce gradients in
+    it (bf16: half the traffic of fp32 both ways; the sharded master weights, the optimizer
+    and the gradients it steps on stay fp32). fp16 reduces in fp32, where sums of many
+    ranks' gradients could overflow; no autocast (fp32): the default policy."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    if param_dtype is None or param_dtype == torch.float32:
+        return MixedPrecisionPolicy()
+    reduce = param_dtype if param_dtype == torch.bfloat16 else torch.float32
+    return MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce)
 
 
 @contextlib.contextmanager

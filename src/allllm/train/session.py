@@ -139,12 +139,13 @@ class Session:
                             cfg.train,
                             info,
                             self.device,
+                            self.precision.autocast_dtype,
                         )
                     )
                 return self._finish()
         model = build_model_for(cfg, start, self.device, self.reporter)
         # before the optimizer exists: FSDP2 replaces the parameters with sharded ones
-        model = parallelize(model, cfg.train, info, self.device)
+        model = parallelize(model, cfg.train, info, self.device, self.precision.autocast_dtype)
         optimizer = make_optimizer(model, cfg.train, self.device)
         scaler = self.precision.grad_scaler()
         if start.checkpoint is not None and not opts.reset_optimizer:

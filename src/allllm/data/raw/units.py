@@ -212,9 +212,12 @@ def _safe_cut(fh: Any, lo: int, at: int, size: int, rule: CutRule) -> int | None
             p = rule.last_cut(text, 0, limit)
             if p < 0:
                 break
-            if not text[p].isspace() and not text[:p].isspace():
-                return base + skip + len(text[:p].encode("utf-8", "surrogateescape"))
-            limit = p - 1
+            if text[p].isspace():
+                limit = p - 1
+                continue
+            if text[:p].isspace():  # so is every shorter prefix: nothing before p either
+                break
+            return base + skip + len(text[:p].encode("utf-8", "surrogateescape"))
         hi = base
     return None
 

@@ -148,6 +148,11 @@ class Attention(nn.Module):
         else:  # rotate q and k in one pass
             qk, v = qkv.split((heads + kv_heads, kv_heads), dim=2)
             q, k = apply_rotary(qk, cos, sin).split((heads, kv_heads), dim=2)
+        if qkv.requires_grad and (self.q_norm is None or qkv.dtype != torch.float32):
+            # SDPA saves v for backward: a view would keep the whole fused [B, T, q+k+v]
+            # output alive until then; a copy of v lets it go once attention returns.
+            # (fp32 q/k norms save their own views of it, so there it lives on anyway.)
+            v = v.contiguous()
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
 
         mask, causal = None, length > 1

@@ -22,6 +22,9 @@ from torch import Tensor
 IGNORE_INDEX = -100
 # Logit elements per chunk (fp32: 128 MiB): big enough for efficient matmuls.
 DEFAULT_CHUNK_ELEMENTS = 2**25
+# Under autocast the weight gradient's bf16 products come in this many vocab slices (phi-2:
+# 64 MiB each, not a 256 MiB [V, H] product per chunk).
+WEIGHT_GRAD_SLICES = 4
 
 
 def shifted_targets(
@@ -68,6 +71,24 @@ def _chunk_logits(h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return logits
 
 
+def _accumulate_weight_grad(grad_w: Tensor, grad_c: Tensor, h: Tensor) -> None:
+    """``grad_w += grad_c.T @ h`` without a ``[V, H]`` temporary per chunk.
+
+    Same dtype (fp32): one in-place ``addmm_``. Under autocast the product is
+    in the compute dtype and the sum in fp32, which no matmul both does on
+    every torch ≥ 2.6 and device, so the vocab is cut into
+    ``WEIGHT_GRAD_SLICES`` slices: each temporary is a slice of the product,
+    its rounding unchanged.
+    """
+    if grad_c.dtype == grad_w.dtype:
+        grad_w.addmm_(grad_c.t(), h)
+        return
+    vocab = grad_w.shape[0]
+    step = -(-vocab // WEIGHT_GRAD_SLICES)
+    for start in range(0, vocab, step):
+        grad_w[start : start + step] += grad_c[:, start : start + step].t() @ h
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     """sum CE(hidden @ weight.T + bias, targets) whose forward also computes the gradients."""
 
@@ -109,7 +130,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if grad_h is not None:
                     grad_h[start : start + chunk_rows] = grad_c @ w
                 if grad_w is not None:
-                    grad_w += grad_c.t() @ h
+                    _accumulate_weight_grad(grad_w, grad_c, h)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.weight_dtype = weight.dtype  # type: ignore[attr-defined]
         ctx.bias_dtype = bias.dtype if bias is not None else None  # type: ignore[attr-defined]

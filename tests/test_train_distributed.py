@@ -27,7 +27,7 @@ def _free_port() -> int:
 
 
 def _torchrun(
-    root: Path, *args: str, env: dict[str, str] | None = None
+    root: Path, *args: str, env: dict[str, str] | None = None, expect_rc: int = 0
 ) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
@@ -43,7 +43,7 @@ def _torchrun(
         "-m", "allllm", *args,
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == expect_rc, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
 
@@ -118,3 +118,21 @@ def test_a_nan_on_one_rank_is_skipped_by_every_rank(single: Path, tmp_path: Path
     assert torch.isfinite(
         torch.stack([t.float().abs().sum() for t in weights(root).values()])
     ).all()
+
+
+def test_a_full_disk_on_rank_0_mid_run_stops_every_rank_with_its_line(
+    single: Path, tmp_path: Path
+) -> None:
+    """Rank 0 alone writes a checkpoint; when that fails (ENOSPC at the first save, step 4)
+    rank 1 must get the same one-line error rather than go on into the next step's
+    collectives and die of a broken group (or wait for the timeout)."""
+    root = _copy_tokenized(single, tmp_path, fsdp=False)
+    fault = {"ALLLLM_FAULT": "checkpoint.files:1:enospc", "ALLLLM_FAULT_RANK": "0"}
+    proc = _torchrun(
+        root, "train", "--model", "micro", "--only-new", "--max-steps", "6", "--quiet",
+        env=fault, expect_rc=1,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert out.count("the disk is full") >= 2, out[-3000:]  # one line from each rank
+    assert "allllm/train/" not in out  # no frame of ours (torchrun prints its own report)
+    assert not list((root / "checkpoints/micro").glob("step-*"))

@@ -13,6 +13,14 @@ It is only a cache: a missing, unreadable or corrupt file is ignored (the next s
 writes a good one), deleting it is always safe, and it holds nothing but digests of
 whole files. Two processes saving at once: the last one wins, and the entries the
 other added are simply computed again next time.
+
+A cache made with ``trust_own`` (shard checks: train, eval) also trusts what this
+process itself hashed, racily clean or not, as long as the stat is unchanged: the
+scan and the dataset check of one train start then read a freshly tokenized shard
+once, not twice (and a read-only data dir, which keeps no file, still hashes once per
+process). An edit in the same clock tick right after such a hash, keeping the size,
+would escape the second check, as it escapes the first check it followed anyway;
+the next process applies the racy rule again.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from allllm.data.shard_format import STATE_DIR
 from allllm.errors import FormatVersionError
 from allllm.util.atomic import atomic_write_text
 
-__all__ = ["DIGESTS_NAME", "FORMAT_VERSION", "RACY_NS", "DigestCache"]
+__all__ = ["DIGESTS_NAME", "FORMAT_VERSION", "RACY_NS", "DigestCache", "forget_own_digests"]
 
 DIGESTS_NAME = "digests.json"
 FORMAT_VERSION = 1
@@ -77,12 +85,26 @@ def _stat_key(st: os.stat_result) -> _Stat:
     return (st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev)
 
 
+# real path -> what this process hashed through a ``trust_own`` cache (see the module doc)
+_OWN: dict[str, _Entry] = {}
+_OWN_LOCK = threading.Lock()
+
+
+def forget_own_digests() -> None:
+    """Forget what this process hashed (the next check goes by the on-disk cache alone)."""
+    with _OWN_LOCK:
+        _OWN.clear()
+
+
 class DigestCache:
     """sha256 of whole files keyed by their real path and stat; safe to use from several
     threads (tokenize hashes on a thread while the main thread plans)."""
 
-    def __init__(self, path: Path, entries: dict[str, _Entry] | None = None) -> None:
+    def __init__(
+        self, path: Path, entries: dict[str, _Entry] | None = None, *, trust_own: bool = False
+    ) -> None:
         self.path = path
+        self.trust_own = trust_own  # also trust this process's own hashes (module doc)
         self._entries: dict[str, _Entry] = dict(entries or {})
         self._used: set[str] = set()  # keys looked up or stored by this process
         self._changes = 0  # entries stored (or dropped) so far; saved up to ``_saved``
@@ -90,26 +112,26 @@ class DigestCache:
         self._lock = threading.Lock()
 
     @classmethod
-    def for_data_dir(cls, data_dir: Path) -> DigestCache:
+    def for_data_dir(cls, data_dir: Path, *, trust_own: bool = False) -> DigestCache:
         """The cache of one data dir (``data/.allllm/digests.json``)."""
-        return cls.load(Path(data_dir) / STATE_DIR / DIGESTS_NAME)
+        return cls.load(Path(data_dir) / STATE_DIR / DIGESTS_NAME, trust_own=trust_own)
 
     @classmethod
-    def load(cls, path: Path) -> DigestCache:
+    def load(cls, path: Path, *, trust_own: bool = False) -> DigestCache:
         """Read ``path``; a missing, unreadable or corrupt file gives an empty cache (with a
         warning for the last two). A newer format_version is refused: a newer allllm wrote
         it, and overwriting it would take its entries from that allllm."""
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return cls(path)
+            return cls(path, trust_own=trust_own)
         except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError too
             _log.warning("%s: ignoring the digest cache, it cannot be read (%s)", path, exc)
-            return cls(path)
+            return cls(path, trust_own=trust_own)
         version = data.get("format_version") if isinstance(data, dict) else None
         if type(version) is not int or version < 1:
             _log.warning("%s: ignoring the digest cache, it has no format_version", path)
-            return cls(path)
+            return cls(path, trust_own=trust_own)
         if version > FORMAT_VERSION:
             raise FormatVersionError(
                 f"{path}: digest cache of format_version {version}, written by a newer allllm "
@@ -119,9 +141,9 @@ class DigestCache:
         raw = data.get("entries")
         if not isinstance(raw, dict):
             _log.warning("%s: ignoring the digest cache, it has no entries", path)
-            return cls(path)
+            return cls(path, trust_own=trust_own)
         entries = {k: e for k, v in raw.items() if (e := _Entry.from_json(v)) is not None}
-        cache = cls(path, entries)
+        cache = cls(path, entries, trust_own=trust_own)
         cache._changes = int(len(entries) != len(raw))  # malformed ones go at the next save
         return cache
 
@@ -143,6 +165,11 @@ class DigestCache:
         with self._lock:
             self._used.add(key)
             entry = self._entries.get(key)
+        if self.trust_own:
+            with _OWN_LOCK:
+                own = _OWN.get(key)
+            if own is not None and own.stat == stat:
+                return own.sha256
         if entry is None or entry.stat != stat:
             return None
         if stat[1] >= entry.recorded_ns - RACY_NS:  # racily clean: an edit may hide in the tick
@@ -176,9 +203,13 @@ class DigestCache:
         except OSError:
             return digest
         if after == before:
+            entry = _Entry(before, recorded_ns, digest)
             with self._lock:
-                self._entries[key] = _Entry(before, recorded_ns, digest)
+                self._entries[key] = entry
                 self._changes += 1
+            if self.trust_own:
+                with _OWN_LOCK:
+                    _OWN[key] = entry
         return digest
 
     def source_digests(

@@ -46,6 +46,7 @@ from allllm.data.registry_entries import (
     ShardState,
     TokenizerIdentity,
     digest_problem,
+    verify_reads,
 )
 from allllm.data.registry_inspect import inspect_stem
 from allllm.data.seen import SeenMap, SeenRecord
@@ -69,6 +70,7 @@ __all__ = [
     "digest_problem",
     "inspect_one",
     "scan_shards",
+    "verify_reads",
 ]
 
 # -- listing --------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ so a resumed run never trains other rows than the ones it planned.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,7 @@ import numpy as np
 from allllm.config import Config
 from allllm.data.anchor import find_anchor
 from allllm.data.dataset import ShardDataset, ShardSource
-from allllm.data.registry import ShardEntry, TokenizerIdentity, digest_problem
+from allllm.data.registry import TokenizerIdentity, verify_reads
 from allllm.data.row_filter import RowFilter, effective_rows
 from allllm.errors import DataError
 from allllm.train.distributed import DistInfo, run_on_rank0
@@ -102,10 +101,11 @@ def find_plan_sources(
             f"run {plan.short_id} needs shard(s) that are missing or no longer valid: {names}",
             "restore them, or drop the pending run with --abandon-pending (its shards stay new)",
         )
-    failed = [e for e in scan.verify([known[s] for s in needed if homes[s] == cfg.data_dir])]
-    failed += [
-        known[s] for s in needed if homes[s] != cfg.data_dir and _digest_fails(known[s], homes[s])
-    ]
+    # what the run reads is checked once: a shard this process verified for the plan moments
+    # ago (new run), or one the digest cache knows unchanged, is not read again
+    failed = []
+    for home in dict.fromkeys(homes[s] for s in needed):
+        failed += verify_reads([known[s] for s in needed if homes[s] == home], home)
     if failed:
         raise DataError(
             f"run {plan.short_id}: shard {failed[0].name} is invalid: {failed[0].reason}",
@@ -113,13 +113,6 @@ def find_plan_sources(
         )
     evals = [e.source(cfg.data_dir) for e in scan.eval_shards()]
     return {s: known[s].source(homes[s]) for s in needed}, evals
-
-
-def _digest_fails(entry: ShardEntry, directory: Path) -> bool:
-    problem = digest_problem(entry, directory)
-    if problem:
-        entry.state, entry.reason = "invalid", problem
-    return bool(problem)
 
 
 def _what(plan: RunPlan, sid: str) -> str:

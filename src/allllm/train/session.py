@@ -283,8 +283,16 @@ class Session:
             )
         osd = optimizer_state(ctx.model, ctx.optimizer)
         state.capture_rng(self.device, self.info)
-        if not self.info.is_main:
-            return
+        # rank 0 writes; every rank learns how it went (a full disk must not leave the others
+        # waiting in the next step's collectives until the timeout)
+        run_on_rank0(self.info, lambda: self._write_checkpoint(plan, weights, osd, complete))
+
+    def _write_checkpoint(
+        self, plan: RunPlan, weights: dict[str, Any], osd: dict[str, Any], complete: bool
+    ) -> None:
+        """Rank 0's part of ``_save``: the files, rotation and (at a run's end) its records."""
+        assert self.ctx is not None
+        ctx, state = self.ctx, self.state
         if ctx.scaler.is_enabled():
             osd["grad_scaler"] = ctx.scaler.state_dict()
         before = state.seen, state.ledger, state.eval_subsets

@@ -41,11 +41,17 @@ def count_parameters(model: ModelConfig) -> int:
 
 
 def flops_per_token(model: ModelConfig, seq_len: int) -> float:
-    """Training FLOPs per token (forward + backward): 6N plus the attention term (PaLM appendix B)."""
+    """Training FLOPs per token (forward + backward) for MFU: ``6N + 12·L·H·Q·T``.
+
+    PaLM convention, appendix B, no causal discount: ``N`` the matmul parameters
+    (embedding lookups excluded, a tied head included), ``L`` layers, ``H·Q`` the
+    attention width (heads × head dim = hidden size), ``T`` the sequence length. Using
+    the published convention exactly keeps our MFU comparable with other reports.
+    """
     n = count_parameters(model) - model.vocab_size * model.hidden_size  # embedding lookups are free
     if model.tie_word_embeddings:
         n += model.vocab_size * model.hidden_size  # ... but the tied head is a matmul
-    attn = 12 * model.num_layers * model.hidden_size * seq_len / 2  # causal: half the scores
+    attn = 12 * model.num_layers * model.hidden_size * seq_len
     return 6.0 * n + attn
 
 

@@ -12,6 +12,12 @@ update; its batch is consumed and step, LR and sampler advance, so a resume stay
 exact); ``train.max_skipped_steps`` of them in a row stop the run with one line
 and no checkpoint (docs/design.md: non-finite steps).
 
+Gradients are clipped by their global norm, the same under one process, DDP and
+FSDP2 (:mod:`allllm.train.grad_clip`). ``tokens_per_s`` of a step is the job's
+tokens over the wall time since the previous step ended, checkpoint saves and
+evals left out (they would count against the step after them); ``mfu`` is per
+device (:func:`allllm.train.metrics.step_mfu`).
+
 Stops happen only between optimizer steps: a checkpoint then holds everything
 to continue bit for bit — the sampler position, optimizer moments, the RNG of
 every rank — and the learning rate is a pure function of the step.
@@ -32,6 +38,8 @@ from allllm.config import TrainConfig
 from allllm.data.sampler import RowSampler
 from allllm.errors import TrainingError
 from allllm.train.distributed import DistInfo, all_reduce_max, all_reduce_sum
+from allllm.train.grad_clip import clip_gradients
+from allllm.train.metrics import step_mfu
 from allllm.train.parallelize import gradient_sync
 from allllm.train.precision import Precision
 from allllm.train.run_data import RunData
@@ -40,6 +48,9 @@ from allllm.train.schedule import legacy_warmup, lr_at
 from allllm.train.state import TrainState
 from allllm.train.validation import evaluate_rows
 from allllm.util.faults import fault_point, inject_nan
+
+#: the throughput window's clock (a test swaps in a fake one)
+_clock: Callable[[], float] = time.perf_counter
 
 
 class StepReporter(Protocol):
@@ -132,7 +143,7 @@ def train_run(
         warmup = legacy_warmup(train.warmup_steps, plan.total_steps)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
-    window_start, window_tokens = time.perf_counter(), 0
+    window_start = _clock()
     save_due = False
     while not sampler.finished:
         bound = ctx.bounds.reached()
@@ -159,8 +170,8 @@ def train_run(
                     p.grad.fill_(float("nan"))
         fault_point("train.step")
         clip = train.grad_clip if train.grad_clip > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, clip))
-        skipped = _non_finite(ctx, params, loss_sum, grad_norm)
+        grad_norm = clip_gradients(params, clip, info, ctx.device)
+        skipped = _non_finite(ctx, loss_sum, grad_norm)
         if skipped:
             if ctx.scaler.is_enabled():
                 ctx.scaler.update()
@@ -184,10 +195,9 @@ def train_run(
         step_loss = loss_sum / max(1, targets)
         if not skipped:
             state.last_loss = step_loss
-        window_tokens += tokens
-        now = time.perf_counter()
-        tok_s = window_tokens / max(now - window_start, 1e-9)
-        window_start, window_tokens = now, 0
+        now = _clock()
+        tok_s = tokens / max(now - window_start, 1e-9)
+        window_start = now
         record = {
             "step": state.step,
             "tokens": state.tokens_seen,
@@ -200,12 +210,14 @@ def train_run(
             "run_steps": plan.total_steps,
             "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
             "tokens_per_s": tok_s,
+            "tokens_per_s_per_device": tok_s / info.world_size,
         }
         if ctx.peak_flops:
-            record["mfu"] = tok_s * ctx.flops_per_token / ctx.peak_flops
+            record["mfu"] = step_mfu(tok_s, info.world_size, ctx.flops_per_token, ctx.peak_flops)
         last = sampler.finished
         if (eval_every and state.step % eval_every == 0) or last:
             record.update(run_evals(ctx, train.micro_batch_size))
+            window_start = _clock()  # the eval is not the next step's training time
         if info.is_main:
             ctx.log_metrics(record)
         if ctx.reporter:
@@ -218,39 +230,23 @@ def train_run(
         if not last and save_due and plan.skipped_in_row == 0:
             save()
             save_due = False
+            window_start = _clock()  # nor is the checkpoint
     return LoopOutcome(finished=True)
 
 
-def _non_finite(
-    ctx: LoopContext, params: list[torch.nn.Parameter], loss_sum: float, grad_norm: float
-) -> bool:
+def _non_finite(ctx: LoopContext, loss_sum: float, grad_norm: float) -> bool:
     """Whether this step must be skipped, decided by every rank together.
 
-    The loss is already a global sum. Gradients are checked on this rank's own
-    tensors (under FSDP2 the norm ``clip_grad_norm_`` returns is rank-local on some
-    torch versions, so it is not trusted there) and the flag is all-reduced. With
-    fp16 the grad scaler skips overflowing steps itself while it calibrates: those are
-    not counted here.
+    The loss is already a global sum and ``grad_norm`` the global norm
+    (:func:`allllm.train.grad_clip.grad_norm`: a non-finite value on any shard makes it
+    non-finite everywhere); the flag is still all-reduced, since under DDP a fault on one
+    rank after the gradient reduction reaches only that rank. With fp16 the grad scaler
+    skips overflowing steps itself while it calibrates: those are not counted here.
     """
     bad = not math.isfinite(loss_sum)
     if not bad and not ctx.scaler.is_enabled():
-        if ctx.info.world_size > 1 and _sharded(params):
-            local = [_local(p.grad) for p in params if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm(local) if local else torch.zeros(())
-            bad = not bool(torch.isfinite(norm))
-        else:
-            bad = not math.isfinite(grad_norm)
+        bad = not math.isfinite(grad_norm)
     return bool(all_reduce_max(int(bad), ctx.info, ctx.device))
-
-
-def _sharded(params: list[torch.nn.Parameter]) -> bool:
-    from torch.distributed.tensor import DTensor
-
-    return any(isinstance(p, DTensor) for p in params)
-
-
-def _local(grad: torch.Tensor) -> torch.Tensor:
-    return grad.to_local() if hasattr(grad, "to_local") else grad
 
 
 def _count_skip(plan: RunPlan, skipped: bool, limit: int) -> bool:

@@ -249,10 +249,10 @@ def test_weights_that_are_not_finite_are_named() -> None:
 
 def test_a_save_refuses_non_finite_weights(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An update that overflows (not a skipped step) must never become a checkpoint."""
-    from allllm.train import session
+    from allllm.train import saving
 
     tokenize(load_config(model="micro"))
-    real = session.model_state
+    real = saving.model_state
 
     def poisoned(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         weights = real(model)
@@ -260,7 +260,7 @@ def test_a_save_refuses_non_finite_weights(ws: Path, monkeypatch: pytest.MonkeyP
         weights[key] = weights[key].clone().fill_(float("nan"))
         return weights
 
-    monkeypatch.setattr(session, "model_state", poisoned)
+    monkeypatch.setattr(saving, "model_state", poisoned)
     with pytest.raises(TrainingError, match="weights are not finite"):
         _train(only_new=True)
     assert not list_checkpoints(CKPT)
@@ -300,7 +300,7 @@ def test_a_dry_run_with_nothing_to_train_builds_no_model(
     def no_model(*_a: object) -> None:
         raise AssertionError("a model was built")
 
-    monkeypatch.setattr(session, "build_model_for", no_model)
+    monkeypatch.setattr(session, "prepare_model", no_model)
     result, reporter = _train(only_new=True, dry_run=True)
     assert result.status == "dry-run" and result.plan["new"] is None  # type: ignore[attr-defined]
     assert any("nothing new to train" in m for m in reporter.messages)

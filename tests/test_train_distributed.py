@@ -136,3 +136,130 @@ def test_a_full_disk_on_rank_0_mid_run_stops_every_rank_with_its_line(
     assert out.count("the disk is full") >= 2, out[-3000:]  # one line from each rank
     assert "allllm/train/" not in out  # no frame of ours (torchrun prints its own report)
     assert not list((root / "checkpoints/micro").glob("step-*"))
+
+
+# -- sharded checkpoints under FSDP (train/sharded_checkpoint.py) ------------------------------
+
+
+@pytest.fixture(scope="module")
+def sharded(single: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 steps under FSDP on 2 ranks: a sharded checkpoint at step 3 (run pending)."""
+    root = _copy_tokenized(single, tmp_path_factory.mktemp("sharded"), fsdp=True)
+    _torchrun(root, "train", "--model", "micro", "--only-new", "--max-steps", "3", "--quiet")
+    return root
+
+
+def _state(step_dir: Path) -> dict:
+    return json.loads((step_dir / "trainer_state.json").read_text())
+
+
+def test_fsdp_writes_a_sharded_checkpoint_with_no_pickle(sharded: Path) -> None:
+    (step,) = sorted((sharded / "checkpoints/micro").glob("step-*"))
+    files = sorted(str(p.relative_to(step)) for p in step.rglob("*") if p.is_file())
+    layout = _state(step)["layout"]
+    assert layout["kind"] == "sharded" and layout["world_size"] == 2
+    assert sorted(layout["files"]) == [f for f in files if f.endswith(".safetensors")]
+    assert {f.split("/")[0] for f in layout["files"]} == {"model", "optimizer"}
+    assert len([f for f in layout["files"] if f.startswith("model/")]) == 2  # one per rank
+    # nothing but safetensors and JSON: no .metadata pickle, no optimizer.pt
+    assert set(files) - set(layout["files"]) == {"trainer_state.json", "COMPLETE"}
+    assert [g["params"][0] for g in layout["param_groups"]]  # the groups are JSON, by name
+    assert not list((sharded / "checkpoints/micro").glob(".step-*"))  # no temporary left
+
+
+@pytest.mark.parametrize("resume", ["1 process", "2 ranks"])
+def test_a_sharded_checkpoint_resumes_at_any_world_size(
+    single: Path, sharded: Path, tmp_path: Path, resume: str
+) -> None:
+    """2 → 1 and 2 → 2: the finished run equals one process trained straight through."""
+    root = tmp_path / "run"
+    shutil.copytree(sharded, root)
+    if resume == "1 process":
+        cli(root, "train", "--model", "micro", "--only-new", "--max-steps", "3", "--quiet")
+    else:
+        _torchrun(root, "train", "--model", "micro", "--only-new", "--max-steps", "3", "--quiet")
+    ours, ref = _losses(root), _losses(single)
+    assert len(ours) == len(ref) == int(STEPS)
+    for a, b in zip(ours, ref):
+        assert abs(a - b) < 1e-4 * max(1.0, abs(b))
+    w, r = weights(root), weights(single)
+    assert w.keys() == r.keys()
+    for k in w:
+        torch.testing.assert_close(w[k], r[k], rtol=1e-5, atol=1e-5)
+
+
+def test_a_single_file_checkpoint_resumes_under_fsdp(single: Path, tmp_path: Path) -> None:
+    """1 → 2: rank 0 reads the files and broadcasts them; the result equals one process."""
+    root = _copy_tokenized(single, tmp_path, fsdp=False)
+    cli(root, "train", "--model", "micro", "--only-new", "--max-steps", "3", "--quiet")
+    cfg = json.loads((root / "configs/micro.json").read_text())
+    cfg["train"]["fsdp"] = True
+    (root / "configs/micro.json").write_text(json.dumps(cfg))
+    _torchrun(root, "train", "--model", "micro", "--only-new", "--max-steps", "3", "--quiet")
+    w, r = weights(root), weights(single)
+    for k in w:
+        torch.testing.assert_close(w[k], r[k], rtol=1e-5, atol=1e-5)
+    (last,) = sorted((root / "checkpoints/micro").glob("step-*"))[-1:]
+    assert _state(last)["layout"]["kind"] == "sharded"
+
+
+def test_export_and_generate_read_a_sharded_checkpoint(sharded: Path, tmp_path: Path) -> None:
+    root = tmp_path / "run"
+    shutil.copytree(sharded, root)
+    cli(root, "export", "--model", "micro", "--out", str(tmp_path / "hf"))
+    from safetensors.torch import load_file
+
+    exported = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    assert exported and all(torch.isfinite(t).all() for t in exported.values())
+    out = cli(root, "generate", "--model", "micro", "--prompt", "the", "--max-new-tokens", "4")
+    assert out.returncode == 0
+
+
+def test_pickles_planted_in_a_sharded_checkpoint_never_run(sharded: Path, tmp_path: Path) -> None:
+    """torch's default DCP reader would unpickle a .metadata file; ours reads none."""
+    import pickle
+
+    root = tmp_path / "run"
+    shutil.copytree(sharded, root)
+    (step,) = sorted((root / "checkpoints/micro").glob("step-*"))
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self) -> tuple:
+            return (os.system, (f"touch {marker}",))
+
+    for sub in ("model", "optimizer"):
+        (step / sub / ".metadata").write_bytes(pickle.dumps(Evil()))
+    cli(root, "train", "--model", "micro", "--only-new", "--max-steps", "1", "--quiet")
+    cli(root, "export", "--model", "micro", "--out", str(tmp_path / "hf"))
+    cli(root, "status", "--model", "micro")
+    assert not marker.exists()
+
+
+def test_a_damaged_shard_falls_back_and_an_unknown_layout_is_refused(
+    sharded: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "run"
+    shutil.copytree(sharded, root)
+    ckpts = root / "checkpoints/micro"
+    (step,) = sorted(ckpts.glob("step-*"))
+    # a second, newer checkpoint whose rank-1 weights shard lost its tail
+    newer = ckpts / "step-00000009"
+    shutil.copytree(step, newer)
+    state = _state(newer)
+    state["step"] = 9
+    (newer / "trainer_state.json").write_text(json.dumps(state))
+    shard = sorted((newer / "model").glob("*.safetensors"))[-1]
+    shard.write_bytes(shard.read_bytes()[:-8])
+    out = cli(root, "status", "--model", "micro", "--json")
+    assert json.loads(out.stdout)["checkpoint"]["step"] == 3
+    assert "corrupt" in out.stderr and "bytes" in out.stderr
+    # a layout this allllm does not know: one line, never taken for corruption
+    shutil.rmtree(newer)
+    state = _state(step)
+    state["layout"]["kind"] = "striped"
+    (step / "trainer_state.json").write_text(json.dumps(state))
+    proc = cli(root, "train", "--model", "micro", "--only-new", "--quiet", check=False)
+    assert proc.returncode == 1
+    assert "layout 'striped', written by a newer allllm" in proc.stderr
+    assert "Traceback" not in proc.stderr

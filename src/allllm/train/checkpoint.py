@@ -1,11 +1,15 @@
 """Checkpoints on disk (docs/design.md: checkpoints): written whole or not at all, found by step.
 
-Layout of ``checkpoints/<name>/step-NNNNNNNN/`` (global optimizer steps)::
+Layout of ``checkpoints/<name>/step-NNNNNNNN/`` (global optimizer steps), one process and DDP::
 
     model.safetensors     weights (a tied head is stored once, under embed.weight)
     optimizer.pt          optimizer and grad-scaler state; loadable with weights_only=True
     trainer_state.json    the TrainState: run, position, RNG states, config snapshot, seen map
     COMPLETE              the completion marker, written last
+
+Under FSDP the weights and optimizer state are ``model/`` and ``optimizer/`` folders of
+safetensors shards, one per rank (train/sharded_checkpoint.py), and trainer_state.json's
+``layout`` lists them; every reader here learns the layout from that file first.
 
 A checkpoint is written into a hidden temporary directory, every file is
 fsynced, the directory is renamed into place and the marker is written last.
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from allllm.errors import CheckpointError
+from allllm.train.checkpoint_layout import sharded_problem
 from allllm.train.state import TrainState
 from allllm.util.atomic import fsync_dir, set_umask_mode
 from allllm.util.faults import fault_point
@@ -99,15 +104,23 @@ def list_checkpoints(directory: Path) -> list[CheckpointRef]:
 
 
 def check_files(ref: CheckpointRef) -> str | None:
-    """Why a complete-looking checkpoint cannot be used, or None."""
-    for name in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE):
+    """Why a complete-looking checkpoint cannot be used, or None (either layout).
+
+    A trainer state of a newer format or an unknown layout raises FormatVersionError.
+    """
+    path = ref.path / STATE_FILE
+    if not path.is_file() or path.stat().st_size == 0:
+        return f"{STATE_FILE} missing or empty"
+    try:
+        state = ref.read_state()
+    except CheckpointError as exc:
+        return str(exc)
+    if state.layout["kind"] == "sharded":
+        return sharded_problem(ref.path, state.layout)
+    for name in (MODEL_FILE, OPTIMIZER_FILE):
         path = ref.path / name
         if not path.is_file() or path.stat().st_size == 0:
             return f"{name} missing or empty"
-    try:
-        ref.read_state()
-    except CheckpointError as exc:
-        return str(exc)
     try:
         from safetensors import safe_open
 
@@ -176,34 +189,54 @@ def find_checkpoint(path: Path) -> CheckpointRef:
 # -- writing --------------------------------------------------------------------------------------
 
 
+def begin_save(directory: Path, step: int, job: str) -> Path:
+    """A fresh temporary directory for ``step``, named by the job (all ranks write into it)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{step_dir_name(step)}.tmp-{job}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    return tmp
+
+
 def save_checkpoint(
     directory: Path,
     step: int,
     *,
-    model_state: dict[str, Any],
-    optimizer_state: dict[str, Any],
+    model_state: dict[str, Any] | None,
+    optimizer_state: dict[str, Any] | None,
     train_state: TrainState,
+    tmp: Path | None = None,
 ) -> CheckpointRef:
-    """Write ``step-NNNNNNNN`` atomically; raise CheckpointError (previous ones intact) on failure."""
-    import torch
-    from safetensors.torch import save_file
+    """Write ``step-NNNNNNNN`` atomically; raise CheckpointError (previous ones intact) on failure.
 
-    directory.mkdir(parents=True, exist_ok=True)
+    Sharded layout: the ranks wrote their shards into ``tmp`` (:func:`begin_save`), listed in
+    ``train_state.layout``; the state is added and the directory committed here.
+    """
     final = directory / step_dir_name(step)
-    tmp = directory / f".{final.name}.tmp-{os.getpid()}"
+    tmp = tmp or begin_save(directory, step, str(os.getpid()))
+    sharded = train_state.layout["kind"] == "sharded"
     try:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir()
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in model_state.items()}
-        save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt", "step": str(step)})
-        set_umask_mode(tmp / MODEL_FILE)  # safetensors writes it 0600
-        torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
+        names = [STATE_FILE]
+        if not sharded:
+            import torch
+            from safetensors.torch import save_file
+
+            assert model_state is not None and optimizer_state is not None
+            tensors = {k: v.detach().to("cpu").contiguous() for k, v in model_state.items()}
+            save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt", "step": str(step)})
+            set_umask_mode(tmp / MODEL_FILE)  # safetensors writes it 0600
+            torch.save(optimizer_state, tmp / OPTIMIZER_FILE)
+            names += [MODEL_FILE, OPTIMIZER_FILE]
+        else:
+            names += list(train_state.layout["files"])  # the ranks fsynced their files
+            for sub in {Path(n).parent for n in train_state.layout["files"]}:
+                fsync_dir(tmp / sub)
         if train_state.step != step:
             raise ValueError(f"saving step {step} with a train state at step {train_state.step}")
         state_text = json.dumps(train_state.state_dict())
         (tmp / STATE_FILE).write_text(state_text, encoding="utf-8")
-        for name in (MODEL_FILE, OPTIMIZER_FILE, STATE_FILE):
+        for name in names:
             _fsync_file(tmp / name)
         fsync_dir(tmp)
         fault_point("checkpoint.files")
@@ -301,7 +334,11 @@ def rotate_checkpoints(
 
 
 def load_model_state(ref: CheckpointRef) -> dict[str, Any]:
-    """The weights of a checkpoint (CPU tensors)."""
+    """The whole weights of a checkpoint of either layout (CPU tensors, read by this process)."""
+    if ref.read_state().layout["kind"] == "sharded":
+        from allllm.train.sharded_checkpoint import read_full_weights
+
+        return read_full_weights(ref.path)
     from safetensors.torch import load_file
 
     try:
@@ -313,14 +350,16 @@ def load_model_state(ref: CheckpointRef) -> dict[str, Any]:
 
 
 def load_optimizer_state(ref: CheckpointRef) -> dict[str, Any]:
-    """Optimizer/scaler state, loaded with ``weights_only=True`` (a crafted pickle cannot run code)."""
+    """Single layout: optimizer/scaler state, loaded with ``weights_only=True`` (a crafted pickle
+    cannot run code) and memory-mapped (the pages are the page cache's, shared by every rank of
+    a node that reads the file, not a private copy each)."""
     import pickle
 
     import torch
 
     path = ref.path / OPTIMIZER_FILE
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
@@ -335,20 +374,11 @@ def checkpoint_summary(directory: Path, warn: Warn | None = None) -> dict[str, A
     if ref is None:
         return None
     state = ref.read_state()
-    pending = None
-    if state.pending is not None:
-        run = state.pending
-        pending = {
-            "run_id": run.run_id,
-            "shards": run.shard_ids,
-            "steps_done": run.steps_done,
-            "steps_total": run.total_steps,
-        }
-    splits = (
-        {sid: list(state.pending.split_of(sid)) for sid in state.pending.shard_ids}
-        if (state.pending is not None)
-        else {}
-    )
+    pending, splits, run = None, {}, state.pending
+    if run is not None:
+        pending = {"run_id": run.run_id, "shards": run.shard_ids}
+        pending.update(steps_done=run.steps_done, steps_total=run.total_steps)
+        splits = {sid: list(run.split_of(sid)) for sid in run.shard_ids}
     return {
         "step": ref.step,
         "tokens_seen": state.tokens_seen,

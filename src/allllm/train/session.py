@@ -19,16 +19,22 @@ on every rank.
 
 from __future__ import annotations
 
+import shutil
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from allllm.config import Config, TrainConfig
 from allllm.data.anchor_pool import AnchorPool
-from allllm.errors import TrainingError
 from allllm.train import checkpoint as ckpt_io
-from allllm.train.distributed import DistInfo, env_dist_info, process_group, run_on_rank0
+from allllm.train.distributed import (
+    DistInfo,
+    env_dist_info,
+    process_group,
+    run_on_rank0,
+)
 from allllm.train.ledger_sync import (
     clean_ledger,
     documents_of,
@@ -39,19 +45,20 @@ from allllm.train.ledger_sync import (
 from allllm.train.lock import rank0_lock
 from allllm.train.loop import Bounds, LoopContext, train_run
 from allllm.train.metrics import MetricsLog, peak_flops
+from allllm.train.model_setup import prepare_model, restore_optimizer
 from allllm.train.optim import apply_hyperparams, make_optimizer
 from allllm.train.options import QuietReporter, Reporter, TrainOptions, TrainResult
-from allllm.train.parallelize import parallelize
 from allllm.train.planning import choose_new_run, nothing_left, scan_for
 from allllm.train.precision import Precision, pick_device, resolve_precision
 from allllm.train.records import run_summary, write_records
 from allllm.train.run_data import open_plan_data
 from allllm.train.run_end import close_run, forgetting_row, missing_row
 from allllm.train.run_plan import RunPlan
+from allllm.train.saving import collect_for_save
+from allllm.train.sharded_checkpoint import shard_files
 from allllm.train.signals import StopFlag, stop_signals
 from allllm.train.start import (
     StartPoint,
-    build_model_for,
     decide_start,
     set_aside,
     snapshot_train_config,
@@ -59,12 +66,6 @@ from allllm.train.start import (
     training_differences,
 )
 from allllm.train.state import TrainState
-from allllm.train.state_dicts import (
-    load_optimizer_state,
-    model_state,
-    non_finite_weights,
-    optimizer_state,
-)
 from allllm.util.clock import utc_iso
 
 
@@ -133,26 +134,14 @@ class Session:
                     self.result.status = "dry-run"
                     self.result.plan = {"pending": None, "new": None, "step": self.state.step}
                 if fill:
-                    self._matrix_row(
-                        parallelize(
-                            build_model_for(cfg, start, self.device, self.reporter),
-                            cfg.train,
-                            info,
-                            self.device,
-                            self.precision.autocast_dtype,
-                        )
-                    )
+                    self._matrix_row(self._model(start))
                 return self._finish()
-        model = build_model_for(cfg, start, self.device, self.reporter)
         # before the optimizer exists: FSDP2 replaces the parameters with sharded ones
-        model = parallelize(model, cfg.train, info, self.device, self.precision.autocast_dtype)
+        model = self._model(start)
         optimizer = make_optimizer(model, cfg.train, self.device)
         scaler = self.precision.grad_scaler()
         if start.checkpoint is not None and not opts.reset_optimizer:
-            ref = ckpt_io.CheckpointRef(start.checkpoint, self.state.step)
-            osd = ckpt_io.load_optimizer_state(ref)
-            scaler_state = osd.pop("grad_scaler", None)
-            load_optimizer_state(model, optimizer, osd, str(ref.path / ckpt_io.OPTIMIZER_FILE))
+            scaler_state = restore_optimizer(model, optimizer, start, info)
             self.loaded_optimizer = True
             if scaler_state and scaler.is_enabled():
                 scaler.load_state_dict(scaler_state)
@@ -267,34 +256,40 @@ class Session:
                 "numbers are reseeded, so the run is not bit-identical to an unchanged one"
             )
 
+    def _model(self, start: StartPoint) -> torch.nn.Module:
+        dtype = self.precision.autocast_dtype
+        return prepare_model(self.cfg, start, self.device, self.info, dtype, self.reporter)
+
     def _save(self, plan: RunPlan, run_config: dict[str, Any], *, complete: bool) -> None:
-        """A checkpoint of the current state (collective; rank 0 writes)."""
+        """A checkpoint of the current state (collective; rank 0 writes, or under FSDP every
+        rank writes its shards and rank 0 commits them: train/sharded_checkpoint.py)."""
         assert self.ctx is not None
-        ctx, state = self.ctx, self.state
+        ctx, state, info = self.ctx, self.state, self.info
         plan.complete = complete
         state.run, state.config = plan, run_config
-        weights = model_state(ctx.model)
-        not_finite = run_on_rank0(self.info, lambda: non_finite_weights(weights))
-        if not_finite:
-            raise TrainingError(
-                f"not saving step {state.step}: weights are not finite ({not_finite}); the "
-                "latest checkpoint stays the one before",
-                "lower train.lr or check this run's data, then train again",
-            )
-        osd = optimizer_state(ctx.model, ctx.optimizer)
-        state.capture_rng(self.device, self.info)
-        # rank 0 writes; every rank learns how it went (a full disk must not leave the others
-        # waiting in the next step's collectives until the timeout)
-        run_on_rank0(self.info, lambda: self._write_checkpoint(plan, weights, osd, complete))
+        weights, osd, tmp = collect_for_save(
+            ctx.model, ctx.optimizer, state, info, self.device, self.ckpt_dir
+        )
+        # rank 0 writes (or commits); every rank learns how it went (a full disk must not leave
+        # the others waiting in the next step's collectives until the timeout)
+        run_on_rank0(info, lambda: self._write_checkpoint(plan, weights, osd, complete, tmp))
 
     def _write_checkpoint(
-        self, plan: RunPlan, weights: dict[str, Any], osd: dict[str, Any], complete: bool
+        self,
+        plan: RunPlan,
+        weights: dict[str, Any],
+        osd: dict[str, Any],
+        complete: bool,
+        tmp: Path | None,
     ) -> None:
         """Rank 0's part of ``_save``: the files, rotation and (at a run's end) its records."""
         assert self.ctx is not None
         ctx, state = self.ctx, self.state
-        if ctx.scaler.is_enabled():
-            osd["grad_scaler"] = ctx.scaler.state_dict()
+        scaler = ctx.scaler.state_dict() if ctx.scaler.is_enabled() else None
+        if tmp is not None:
+            state.layout.update(files=shard_files(tmp), grad_scaler=scaler)
+        elif scaler is not None:
+            osd["grad_scaler"] = scaler
         before = state.seen, state.ledger, state.eval_subsets
         state.created = utc_iso()
         state.run_summary = None
@@ -308,9 +303,12 @@ class Session:
                 model_state=weights,
                 optimizer_state=osd,
                 train_state=state,
+                tmp=tmp,
             )
         except BaseException:
             state.seen, state.ledger, state.eval_subsets = before  # the run is not durable
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
             raise
         self.result.checkpoint = str(ref.path)
         self.reporter.checkpoint_saved(str(ref.path), state.step)

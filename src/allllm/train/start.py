@@ -301,13 +301,12 @@ def build_model_for(
 
     from allllm.hf.init_from import build_model
     from allllm.model.transformer import empty_model
-    from allllm.train.checkpoint import load_model_state as read_weights
-    from allllm.train.state_dicts import load_model_state
+    from allllm.train.model_setup import load_checkpoint_weights
 
     if start.checkpoint is not None and start.state is not None:
         model = empty_model(cfg.model, device=device)
         ref = CheckpointRef(start.checkpoint, start.state.step)
-        load_model_state(model, read_weights(ref), str(ref.path))
+        load_checkpoint_weights(model, ref)
         reporter.message(f"resuming from {ref.path} (step {ref.step})")
         return model
     torch.manual_seed(cfg.train.seed)

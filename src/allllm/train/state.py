@@ -9,14 +9,18 @@ it back with :meth:`TrainState.from_state_dict`, which migrates older formats
 and refuses newer ones (:mod:`allllm.util.versions`). Plain data: reading a
 state imports neither torch nor numpy (``status`` reads checkpoints too).
 
-Format 4 — ``trainer_state.json``::
+Format 5 — ``trainer_state.json``::
 
     format_version, step, tokens_seen, run_id, run_complete, run (the RunPlan),
     run_summary (the runs.jsonl line, once complete), rng [per rank], world_size,
     config (snapshot), tokenizer_fingerprint, seen {shard_id: record}, created,
     last {loss, val_loss}, ledger [{name, sha256, count}] (the document ledger's segments),
     eval_subsets [{run, run_id, step, shards {shard_id: [rows]}, rows}] (each completed run's
-    frozen forgetting subset), anchor (the anchor pool: data/anchor_pool.py; null: never drawn)
+    frozen forgetting subset), anchor (the anchor pool: data/anchor_pool.py; null: never drawn),
+    layout {kind: single} or {kind: sharded, world_size, files {path: bytes}, param_groups,
+    grad_scaler} (train/checkpoint.py)
+
+Format 4 had no ``layout``: its checkpoints are all of the single-file layout.
 
 Format 3 had no ``eval_subsets`` (runs before have no frozen subset) and no ``anchor``.
 
@@ -32,9 +36,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from allllm.data.seen import records_with_split
-from allllm.errors import CheckpointError, DataError
+from allllm.errors import CheckpointError, DataError, FormatVersionError
 from allllm.train.run_plan import RunPlan
-from allllm.util.versions import FileFormat
+from allllm.util.versions import UPGRADE_HINT, FileFormat
 
 if TYPE_CHECKING:
     import torch
@@ -85,12 +89,24 @@ def _no_subsets(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _single_layout(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 4 → 5: every checkpoint before the sharded layout is one of single files."""
+    data.setdefault("layout", {"kind": "single"})
+    return data
+
+
+#: the checkpoint layouts this allllm reads (train/checkpoint.py): "single" (model.safetensors
+#: + optimizer.pt) and "sharded" (FSDP: model/ and optimizer/ safetensors shards)
+KNOWN_LAYOUTS = ("single", "sharded")
+
 #: trainer_state.json: version 2 stores each seen record's validation split; version 3 lists
-#: the document ledger's segments; version 4 the forgetting subsets and the anchor pool
+#: the document ledger's segments; version 4 the forgetting subsets and the anchor pool;
+#: version 5 the checkpoint's layout (so an allllm that predates a layout refuses it in one
+#: line instead of taking its missing model.safetensors for corruption)
 STATE_FORMAT = FileFormat(
     "trainer state",
-    current=4,
-    migrations={1: _pin_seen_splits, 2: _unbuilt_ledger, 3: _no_subsets},
+    current=5,
+    migrations={1: _pin_seen_splits, 2: _unbuilt_ledger, 3: _no_subsets, 4: _single_layout},
 )
 STATE_FORMAT_VERSION = STATE_FORMAT.current
 
@@ -118,6 +134,9 @@ class TrainState:
     eval_subsets: list[dict[str, Any]] = field(default_factory=list)
     # the anchor pool (data/anchor_pool.py AnchorPool.to_dict()); None: nothing drawn yet
     anchor: dict[str, Any] | None = None
+    # how the checkpoint's tensors are stored: {"kind": "single"}, or {"kind": "sharded",
+    # "world_size", "files": {relative path: bytes}, "param_groups", "grad_scaler"} (FSDP)
+    layout: dict[str, Any] = field(default_factory=lambda: {"kind": "single"})
 
     @property
     def run_complete(self) -> bool:
@@ -155,6 +174,7 @@ class TrainState:
             "ledger": self.ledger,
             "eval_subsets": self.eval_subsets,
             "anchor": self.anchor,
+            "layout": self.layout,
         }
 
     def load_state_dict(self, data: Any, where: str = "trainer_state.json") -> None:
@@ -194,8 +214,18 @@ class TrainState:
             if anchor is not None and not isinstance(anchor, dict):
                 raise ValueError("anchor is not an object")
             self.anchor = anchor
+            layout = data.get("layout")
+            if not isinstance(layout, dict) or not isinstance(layout.get("kind"), str):
+                raise ValueError("layout is not an object with a kind")
+            self.layout = dict(layout)
         except (KeyError, TypeError, ValueError, AttributeError, DataError) as exc:
             raise CheckpointError(f"{where}: malformed trainer state ({exc})") from None
+        if self.layout["kind"] not in KNOWN_LAYOUTS:
+            raise FormatVersionError(
+                f"{where}: checkpoint layout {self.layout['kind']!r}, written by a newer allllm "
+                f"(this one reads {', '.join(KNOWN_LAYOUTS)})",
+                UPGRADE_HINT,
+            )
 
     @classmethod
     def from_state_dict(cls, data: Any, where: str = "trainer_state.json") -> TrainState:

@@ -117,10 +117,9 @@ def load_trained(
     import torch
 
     from allllm.model.transformer import empty_model
-    from allllm.train.checkpoint import load_model_state
+    from allllm.train.model_setup import load_checkpoint_weights
     from allllm.train.precision import pick_device
     from allllm.train.start import architecture_differences
-    from allllm.train.state_dicts import load_model_state as load_into
 
     ref = find_trained_checkpoint(cfg, step, warn=warn)
     state = ref.read_state()
@@ -134,6 +133,6 @@ def load_trained(
     tokenizer = load_tokenizer_for(cfg, state, str(ref.path))
     target = device if isinstance(device, torch.device) else pick_device(device)
     model = empty_model(cfg.model, device=target)
-    load_into(model, load_model_state(ref), str(ref.path))
+    load_checkpoint_weights(model, ref)  # either layout, one tensor at a time
     model.eval()
     return TrainedModel(cfg, model, tokenizer, ref, state, target)

@@ -50,6 +50,28 @@ def _layout(start: StartPoint) -> str | None:
     return str(start.state.layout["kind"])
 
 
+def build_model_for(
+    cfg: Config, start: StartPoint, device: torch.device, reporter: Reporter
+) -> torch.nn.Module:
+    """The model a session starts from: the start checkpoint's weights, else
+    ``model.init_from``, else fresh weights seeded by ``train.seed``."""
+    from allllm.hf.init_from import build_model
+    from allllm.model.transformer import empty_model
+
+    if start.checkpoint is not None and start.state is not None:
+        model = empty_model(cfg.model, device=device)
+        ref = ckpt_io.CheckpointRef(start.checkpoint, start.state.step)
+        load_checkpoint_weights(model, ref)
+        reporter.message(f"resuming from {ref.path} (step {ref.step})")
+        return model
+    torch.manual_seed(cfg.train.seed)
+    if cfg.model.init_from:
+        reporter.message(f"starting from {cfg.model.init_from} (model.init_from)")
+    else:
+        reporter.message("starting from freshly initialised weights")
+    return build_model(cfg.model, device=device)
+
+
 def prepare_model(
     cfg: Config,
     start: StartPoint,
@@ -59,8 +81,6 @@ def prepare_model(
     reporter: Reporter,
 ) -> torch.nn.Module:
     """The start model, made ready to train (:func:`~allllm.train.parallelize.parallelize`)."""
-    from allllm.train.start import build_model_for
-
     if not (info.enabled and cfg.train.fsdp):
         model = build_model_for(cfg, start, device, reporter)
         return parallelize(model, cfg.train, info, device, param_dtype)

@@ -44,7 +44,7 @@ from allllm.train.run_plan import RunPlan
 from allllm.train.state import TrainState
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
 
 @dataclass
@@ -290,28 +290,3 @@ def set_aside(paths: list[Path], reporter: Reporter) -> None:
         target = path.with_name(f"{path.name}.abandoned-{stamp}")
         os.replace(path, target)
         reporter.warn(f"{path.name} moved aside to {target.name}")
-
-
-def build_model_for(
-    cfg: Config, start: StartPoint, device: torch.device, reporter: Reporter
-) -> torch.nn.Module:
-    """The model a session starts from: the start checkpoint's weights, else
-    ``model.init_from``, else fresh weights seeded by ``train.seed``."""
-    import torch
-
-    from allllm.hf.init_from import build_model
-    from allllm.model.transformer import empty_model
-    from allllm.train.model_setup import load_checkpoint_weights
-
-    if start.checkpoint is not None and start.state is not None:
-        model = empty_model(cfg.model, device=device)
-        ref = CheckpointRef(start.checkpoint, start.state.step)
-        load_checkpoint_weights(model, ref)
-        reporter.message(f"resuming from {ref.path} (step {ref.step})")
-        return model
-    torch.manual_seed(cfg.train.seed)
-    if cfg.model.init_from:
-        reporter.message(f"starting from {cfg.model.init_from} (model.init_from)")
-    else:
-        reporter.message("starting from freshly initialised weights")
-    return build_model(cfg.model, device=device)

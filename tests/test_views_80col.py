@@ -16,7 +16,7 @@ from allllm.cli.views.config import render_config_list
 from allllm.cli.views.eval import render_eval
 from allllm.cli.views.status import render_status
 from allllm.cli.views.tokenize import RichTokenizeProgress, render_summary
-from allllm.cli.views.train import RichTrainReporter
+from allllm.cli.views.train import RichTrainReporter, render_dry_run
 from allllm.data.tokenize.summary import ShardSummary, TokenizeSummary
 from allllm.use.evaluate import EvalResult
 from train_helpers import cli, make_workspace
@@ -171,6 +171,21 @@ def test_config_list_rows() -> None:
     text = out.export_text()
     check(text, "1.10B", "2048", "llama")
     assert "invalid broken: model.vocab_size: required" in text
+
+
+@pytest.mark.parametrize("world", [1, 8])
+def test_dry_run_memory_plan_fits(world: int) -> None:
+    from allllm.config import load_config
+    from allllm.train.memory_plan import plan_memory
+
+    cfg = load_config("phi-2")
+    train = cfg.train.model_copy(update={"micro_batch_size": 16, "fsdp": world > 1})
+    plan = plan_memory(cfg.model, train, seq_len=2048, world_size=world, device_memory=2**34)
+    out = console(terminal=True)
+    render_dry_run({"pending": None, "new": None, "step": 0, "memory_plan": plan.to_dict()}, out)
+    text = out.export_text()
+    check(text, f"{plan.total / 2**30:.2f} GiB", "16.00 GiB", "does NOT fit")
+    assert "to fit: " in text and "← this run" in text
 
 
 def test_tokenize_bar_shows_a_speed_after_one_update() -> None:

@@ -79,6 +79,14 @@ def train_cmd(
             "aside and train from fresh weights.",
         ),
     ] = False,
+    device_memory: Annotated[
+        str | None,
+        typer.Option(
+            "--device-memory",
+            help="With --dry-run: plan memory for a device of this size (80GiB, 80GB, 141G) "
+            "or a known GPU (H100, H200, A100-80GB, L4, ...), present or not.",
+        ),
+    ] = None,
     quiet: QuietOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -87,8 +95,15 @@ def train_cmd(
     Example: allllm train --model tiny --only-new --max-time 10m
     """
     from allllm.config import load_config, parse_duration
+    from allllm.errors import ConfigError
+    from allllm.train.memory_plan import parse_device_memory
     from allllm.train.options import TrainOptions
 
+    if device_memory is not None and not dry_run:
+        raise ConfigError(
+            "--device-memory plans memory for a dry run only", "add --dry-run, or drop it"
+        )
+    memory = parse_device_memory(device_memory) if device_memory is not None else None
     cfg = load_config(model, config)
     seconds = None
     if max_time is not None:
@@ -109,6 +124,7 @@ def train_cmd(
         device=device,
         trust_unverified=trust_unverified,
         start_fresh=start_fresh,
+        device_memory=memory,
     )
     from allllm.cli.views.train import RichTrainReporter, render_dry_run
     from allllm.train.distributed import env_dist_info
@@ -122,6 +138,10 @@ def train_cmd(
         result = train(cfg, options, reporter)
     finally:
         reporter.close()
+    if dry_run and result.plan is not None and "memory_plan" not in result.plan:
+        from allllm.train.estimate import memory_plan_here  # nothing to train: no model built
+
+        result.plan["memory_plan"] = memory_plan_here(cfg, options)
     if as_json and main_rank:
         print_json(dataclasses.asdict(result))
     elif dry_run and main_rank and result.plan is not None:

@@ -19,12 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from allllm.model.sizes import LOSS_CHUNK_ELEMENTS, LOSS_WEIGHT_GRAD_SLICES, loss_chunk_rows
+
 IGNORE_INDEX = -100
 # Logit elements per chunk (fp32: 128 MiB): big enough for efficient matmuls.
-DEFAULT_CHUNK_ELEMENTS = 2**25
+DEFAULT_CHUNK_ELEMENTS = LOSS_CHUNK_ELEMENTS
 # Under autocast the weight gradient's bf16 products come in this many vocab slices (phi-2:
 # 64 MiB each, not a 256 MiB [V, H] product per chunk).
-WEIGHT_GRAD_SLICES = 4
+WEIGHT_GRAD_SLICES = LOSS_WEIGHT_GRAD_SLICES
 
 
 def shifted_targets(
@@ -49,9 +51,7 @@ def shifted_targets(
 
 
 def _chunk_rows(vocab: int, chunk_size: int | None) -> int:
-    if chunk_size is not None:
-        return max(1, chunk_size)
-    return max(128, (DEFAULT_CHUNK_ELEMENTS // vocab) // 128 * 128)
+    return loss_chunk_rows(vocab, chunk_size)
 
 
 def _compute_dtype(hidden: Tensor, weight: Tensor) -> torch.dtype:

@@ -6,7 +6,55 @@ counts its real parameters and a test checks the two agree.
 
 from __future__ import annotations
 
+import math
+
 from allllm.config import ModelConfig
+
+
+def parameter_shapes(model: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """Every trainable parameter's name and shape, computed from the config alone (no torch).
+
+    The names are the model's own (``Transformer.named_parameters()``; a tied head
+    owns no weight). The memory plan needs the shapes, not only the count: FSDP
+    shards each tensor along its first dimension, and AdamW keeps a step per tensor.
+    """
+    h, v, i = model.hidden_size, model.vocab_size, model.intermediate_size
+    hd, heads, kv = model.head_dim, model.num_heads, model.num_kv_heads
+
+    def norm(prefix: str, dim: int) -> dict[str, tuple[int, ...]]:
+        if model.norm == "layernorm":
+            return {f"{prefix}.weight": (dim,), f"{prefix}.bias": (dim,)}
+        return {f"{prefix}.weight": (dim,)}
+
+    def linear(prefix: str, n_in: int, n_out: int) -> dict[str, tuple[int, ...]]:
+        shapes: dict[str, tuple[int, ...]] = {f"{prefix}.weight": (n_out, n_in)}
+        if model.bias:
+            shapes[f"{prefix}.bias"] = (n_out,)
+        return shapes
+
+    shapes: dict[str, tuple[int, ...]] = {"embed.weight": (v, h)}
+    for k in range(model.num_layers):
+        p = f"blocks.{k}"
+        shapes.update(norm(f"{p}.norm1", h))
+        shapes.update(linear(f"{p}.attn.qkv", h, (heads + 2 * kv) * hd))
+        shapes.update(linear(f"{p}.attn.proj", heads * hd, h))
+        if model.qk_layernorm:
+            shapes.update(norm(f"{p}.attn.q_norm", hd))
+            shapes.update(norm(f"{p}.attn.k_norm", hd))
+        if not model.parallel_residual:
+            shapes.update(norm(f"{p}.norm2", h))
+        if model.mlp == "gelu":
+            shapes.update(linear(f"{p}.mlp.fc1", h, i))
+            shapes.update(linear(f"{p}.mlp.fc2", i, h))
+        else:
+            shapes.update(linear(f"{p}.mlp.gate_up", h, 2 * i))
+            shapes.update(linear(f"{p}.mlp.down", i, h))
+    shapes.update(norm("norm_f", h))
+    if not model.tie_word_embeddings:
+        shapes["lm_head.weight"] = (v, h)
+    if model.lm_head_bias:
+        shapes["lm_head.bias"] = (v,)
+    return shapes
 
 
 def count_parameters(model: ModelConfig) -> int:
@@ -14,30 +62,21 @@ def count_parameters(model: ModelConfig) -> int:
 
     The model code counts its real parameters and a test checks the two agree.
     """
-    h, v, i = model.hidden_size, model.vocab_size, model.intermediate_size
-    hd, kv = model.head_dim, model.num_kv_heads
-    b = 1 if model.bias else 0
-    norm_params = 2 * h if model.norm == "layernorm" else h
-    attn = h * h + b * h  # q
-    attn += 2 * (h * kv * hd + b * kv * hd)  # k, v
-    attn += h * h + b * h  # out
-    if model.qk_layernorm:
-        per = 2 * hd if model.norm == "layernorm" else hd
-        attn += 2 * per
-    if model.mlp == "gelu":
-        mlp = h * i + b * i + i * h + b * h
-    else:
-        mlp = 3 * h * i + b * (2 * i + h)
-    norms = norm_params if model.parallel_residual else 2 * norm_params
-    per_layer = attn + mlp + norms
-    total = v * h  # embedding
-    total += model.num_layers * per_layer
-    total += norm_params  # final norm
-    if not model.tie_word_embeddings:
-        total += v * h
-    if model.lm_head_bias:
-        total += v
-    return total
+    return sum(math.prod(shape) for shape in parameter_shapes(model).values())
+
+
+# Logit elements per chunk of the chunked loss (fp32: 128 MiB): big enough for efficient matmuls.
+LOSS_CHUNK_ELEMENTS = 2**25
+# Under autocast the loss's head-weight gradient is summed in this many vocab slices.
+LOSS_WEIGHT_GRAD_SLICES = 4
+
+
+def loss_chunk_rows(vocab_size: int, chunk_size: int | None = None) -> int:
+    """Positions per chunk of :func:`allllm.model.loss.linear_cross_entropy` (the memory plan
+    sizes the loss's temporaries with it): ``chunk_size``, else about 32M logits a chunk."""
+    if chunk_size is not None:
+        return max(1, chunk_size)
+    return max(128, (LOSS_CHUNK_ELEMENTS // vocab_size) // 128 * 128)
 
 
 def flops_per_token(model: ModelConfig, seq_len: int) -> float:

@@ -3,6 +3,9 @@
 A few micro-batches of the run's real rows go forward and backward (no
 optimizer step, gradients dropped), so the estimate reflects this machine,
 this model and this precision. Nothing is written and no weight changes.
+Beside it, the memory plan (:mod:`allllm.train.memory_plan`) counts what the run
+needs per device from the config alone, so it can plan a GPU that is not here
+(``--device-memory``) and is reported even with no data to measure on.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import torch
 
 from allllm.config import Config
 from allllm.train.loop import LoopContext
+from allllm.train.memory_plan import MemoryPlan, plan_memory
+from allllm.train.options import TrainOptions
 from allllm.train.run_data import RunData
 from allllm.train.run_plan import RunPlan
 
@@ -28,6 +33,50 @@ MEASURED_MICRO_STEPS = 3
 
 def _rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_memory_plan(
+    cfg: Config,
+    opts: TrainOptions,
+    world_size: int,
+    device: torch.device,
+    precision: str | None = None,
+) -> MemoryPlan:
+    """The memory plan of this run per device, at its world size and config.
+
+    The device it plans for: this run's GPU when it has one (its resolved
+    ``precision``; its capacity unless ``--device-memory`` says otherwise); with
+    ``--device-memory`` on a machine without a GPU, a GPU of that size — unless
+    ``--device`` names cpu or mps — with ``train.precision`` as it resolves on a GPU
+    (``auto``: bf16 autocast); else this CPU (or MPS), whose capacity is unknown.
+    """
+    kind, capacity = device.type, opts.device_memory
+    if kind == "cuda":
+        capacity = capacity or torch.cuda.get_device_properties(device).total_memory
+    elif capacity is not None and opts.device in (None, "auto"):
+        kind, precision = "cuda", None
+    else:
+        precision = None
+    return plan_memory(
+        cfg.model,
+        cfg.train,
+        seq_len=cfg.data.seq_len,
+        world_size=world_size,
+        device_type=kind,
+        device_memory=capacity,
+        precision=precision,
+    )
+
+
+def memory_plan_here(cfg: Config, opts: TrainOptions) -> dict[str, Any]:
+    """:func:`run_memory_plan` for a dry run that built no model (nothing to train)."""
+    from allllm.train.distributed import env_dist_info
+    from allllm.train.precision import pick_device, resolve_precision
+
+    info = env_dist_info()
+    device = pick_device(opts.device, info.local_rank)
+    precision = resolve_precision(cfg.train.precision, device).name
+    return run_memory_plan(cfg, opts, info.world_size, device, precision).to_dict()
 
 
 def estimate_run(
@@ -102,7 +151,10 @@ def dry_run_report(
 
     ctx, state = session.ctx, session.state
     assert ctx is not None
-    report: dict[str, Any] = {"pending": None, "new": None, "step": state.step}
+    plan = run_memory_plan(
+        session.cfg, session.opts, ctx.info.world_size, ctx.device, ctx.precision.name
+    ).to_dict()
+    report: dict[str, Any] = {"pending": None, "new": None, "step": state.step, "memory_plan": plan}
     pending = start.pending
     if pending is not None:
         report["pending"] = {**pending.to_dict(), **pending.filter_counts()}
@@ -120,5 +172,6 @@ def dry_run_report(
             session.cfg, session.opts, session.info, state.seen, target, ident
         )
         report["estimate"] = estimate_run(ctx, target, data, session.cfg, pending, new_plan)
+        report["estimate"]["memory_plan"] = plan
         data.dataset.close()
     return report

@@ -71,6 +71,7 @@ class TrainOptions:
     device: str | None = None
     trust_unverified: bool = False
     start_fresh: bool = False  # no checkpoint usable: set them aside and train fresh weights
+    device_memory: int | None = None  # dry run: plan for a device of this many bytes
 
 
 @dataclass

@@ -7,6 +7,7 @@ tokens/s (MFU on GPU) and ETA — so the library stays usable headless.
 
 from __future__ import annotations
 
+import textwrap
 import time
 from typing import Any
 
@@ -214,6 +215,52 @@ def render_dry_run(plan: dict[str, Any], console: Console) -> None:
             f"(weights+grads+AdamW {est['static_bytes'] / 2**30:.2f} GiB)",
             soft_wrap=True,
         )
+    if plan.get("memory_plan"):
+        for line in memory_plan_lines(plan["memory_plan"]):
+            console.print(escape(line), highlight=False)
+
+
+def memory_plan_lines(plan: dict[str, Any]) -> list[str]:
+    """The memory plan of ``train --dry-run``, one figure a line (within 80 columns)."""
+    gib, size = (2**30, "GiB") if plan["total"] >= 2**30 else (2**20, "MiB")
+    unit = "GPU" if plan["device_type"] == "cuda" else "process"
+    world = plan["world_size"]
+    where = f"1 {unit}" if world == 1 else f"{'FSDP' if plan['fsdp'] else 'DDP'} over {world}"
+    low = plan["precision"].split("-")[0]  # bf16 | fp16 | fp32
+    ckpt = plan["activation_checkpointing"]
+    copies = f"{low} weights gathered" if plan["fsdp"] else f"{low} weight copies"
+    if low == "fp32" and not plan["fsdp"]:
+        copies = "weight copies (none in fp32)"
+    rows = [
+        ("weights (fp32)", plan["weights"], ""),
+        ("gradients (fp32)", plan["gradients"], ""),
+        ("AdamW moments", plan["optimizer"], ""),
+        (copies, plan["low_precision_copies"], ""),
+        ("activations", plan["activations_no_ckpt"], "" if ckpt else "← this run"),
+        ("  with checkpointing", plan["activations_ckpt"], "← this run" if ckpt else ""),
+    ]
+    if world > 1:
+        extra = "FSDP buffers" if plan["fsdp"] else "DDP extra (in-place buckets)"
+        rows.append((extra, plan["data_parallel_extra"], ""))
+    lines = [
+        f"memory plan per {unit} ({where}, {plan['precision']}, micro batch "
+        f"{plan['micro_batch_size']} × {plan['seq_len']:,} tokens):"
+    ]
+    lines += [f"  {label:<30}{n / gib:9.2f} {size}  {note}".rstrip() for label, n, note in rows]
+    lines.append(f"  {'total':<30}{plan['total'] / gib:9.2f} {size}")
+    if plan["device_memory"] is None:
+        lines.append("  device memory unknown here: --device-memory 80GiB (or H100, ...) plans it")
+        return lines
+    verdict = "fits" if plan["fits"] else "does NOT fit"
+    lines.append(
+        f"  {'device':<30}{plan['device_memory'] / gib:9.2f} {size}  "
+        f"(usable {plan['usable_memory'] / gib:.2f}): {verdict}"
+    )
+    if plan.get("suggestion"):
+        lines += textwrap.wrap(
+            f"to fit: {plan['suggestion']}", 78, initial_indent="  ", subsequent_indent="    "
+        )
+    return lines
 
 
 def _duration(seconds: float) -> str:

@@ -277,3 +277,30 @@ def test_spawned_workers_on_one_machine_equal_one_process(tmp_path: Path, refere
     assert not list((root / "data" / ".allllm" / "plans").iterdir())  # rank 0 cleaned up
     bad = _torchrun(root, 2, "--workers", "2")
     assert bad.returncode != 0 and "--workers 2 with torchrun ranks" in bad.stderr
+
+
+def test_a_joining_rank_waits_for_an_owner_that_has_not_beaten_yet(tmp_path: Path) -> None:
+    """Between the owner's lock and its first heartbeat a joining rank must wait, not
+    take the owner for dead (a race seen under load)."""
+    from allllm.data.tokenize.joblock import HeldLock, owner_starting
+    from allllm.data.tokenize.shared_plan import SharedPlan
+
+    data = tmp_path / "data"
+    state = data / ".allllm"
+    state.mkdir(parents=True)
+    host = socket.gethostname()
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        lock = {"format_version": 1, "job": "j", "host": host, "pid": owner.pid, "rank": 0}
+        (state / "tokenize.job").write_text(json.dumps(lock))
+        assert owner_starting(data, "j", host)
+        joiner = resolve_world(1, 2, "j", env={})
+        shared = SharedPlan(HeldLock(data, joiner, False, state / "jobs" / "j" / "rank-1"))
+        assert shared._others_alive()
+        (state / "jobs" / "j").mkdir(parents=True)
+        (state / "jobs" / "j" / "rank-0").write_text(json.dumps({**lock, "rank": 0}))
+        assert not owner_starting(data, "j", host) and shared._others_alive()
+    finally:
+        owner.kill()
+        owner.wait()
+    assert not shared._others_alive()  # the owner is gone: the joiner stops in one line

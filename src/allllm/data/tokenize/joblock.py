@@ -32,7 +32,7 @@ from allllm.data.tokenize.world import World
 from allllm.errors import DataError, FormatVersionError
 from allllm.util.atomic import atomic_write_text
 
-__all__ = ["HeldLock", "expiry_seconds", "job_lock", "rank_alive"]
+__all__ = ["HeldLock", "expiry_seconds", "job_lock", "owner_starting", "rank_alive"]
 
 LOCK_NAME = "tokenize.job"
 JOBS_DIR = "jobs"
@@ -85,6 +85,20 @@ def rank_alive(data_dir: Path, job: str, rank: int, host: str) -> bool:
     """Whether rank ``rank`` of ``job`` is still running (its heartbeat is fresh)."""
     path = data_dir / STATE_DIR / JOBS_DIR / job / f"rank-{rank}"
     return _fresh(path, _read_json(path), host)
+
+
+def owner_starting(data_dir: Path, job: str, host: str) -> bool:
+    """Whether ``job``'s owner holds the lock but has not written its heartbeat yet.
+
+    A rank that joins a job can get there between the owner's lock and its first
+    heartbeat; without this it would take the owner for dead.
+    """
+    lock = data_dir / STATE_DIR / LOCK_NAME
+    holder = _read_json(lock)
+    if holder is None or holder.get("job") != job:
+        return False
+    beat = data_dir / STATE_DIR / JOBS_DIR / job / f"rank-{holder.get('rank')}"
+    return not beat.exists() and _fresh(lock, holder, host)
 
 
 def _job_alive(data_dir: Path, holder: dict[str, Any], lock: Path, host: str) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 
 from allllm.data.shard_format import STATE_DIR, read_meta
 from allllm.data.tokenize import journal
-from allllm.data.tokenize.joblock import HeldLock, rank_alive
+from allllm.data.tokenize.joblock import HeldLock, owner_starting, rank_alive
 from allllm.data.tokenize.plan import ExistingShard, ShardJob, TokenizePlan, WorkItem
 from allllm.data.tokenize.summary import ShardSummary, TokenizeSummary
 from allllm.errors import AllllmError, DataError, FormatVersionError
@@ -172,7 +172,7 @@ class SharedPlan:
                 rank = int(name[5:])
                 if rank != me.rank and rank_alive(self.data_dir, self.hold.job, rank, me.host):
                     return True
-        return False
+        return owner_starting(self.data_dir, self.hold.job, me.host)
 
     # -- claims -------------------------------------------------------------------------------
     def is_done(self, k: int) -> bool:

@@ -286,6 +286,14 @@ def test_cli_dry_run_plans_memory_without_any_data(
     if not torch.cuda.is_available():
         assert plan["memory_plan"]["device_memory"] is None
         assert plan["memory_plan"]["fits"] is None
+    # the library call answers the same (the CLI adds nothing): a GPU planned from here
+    from allllm.train.options import TrainOptions
+    from allllm.train.session import train
+
+    result = train(load_config(model="micro"), TrainOptions(dry_run=True, device_memory=80 * 2**30))
+    assert result.status == "dry-run" and result.plan is not None
+    assert result.plan["memory_plan"]["device_memory"] == 80 * 2**30
+    assert result.plan["memory_plan"]["fits"] is True
 
 
 def test_cli_device_memory_needs_a_dry_run_and_a_valid_size(

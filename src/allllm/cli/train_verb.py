@@ -138,10 +138,6 @@ def train_cmd(
         result = train(cfg, options, reporter)
     finally:
         reporter.close()
-    if dry_run and result.plan is not None and "memory_plan" not in result.plan:
-        from allllm.train.estimate import memory_plan_here  # nothing to train: no model built
-
-        result.plan["memory_plan"] = memory_plan_here(cfg, options)
     if as_json and main_rank:
         print_json(dataclasses.asdict(result))
     elif dry_run and main_rank and result.plan is not None:

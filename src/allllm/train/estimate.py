@@ -68,15 +68,17 @@ def run_memory_plan(
     )
 
 
-def memory_plan_here(cfg: Config, opts: TrainOptions) -> dict[str, Any]:
-    """:func:`run_memory_plan` for a dry run that built no model (nothing to train)."""
-    from allllm.train.distributed import env_dist_info
-    from allllm.train.precision import pick_device, resolve_precision
-
-    info = env_dist_info()
-    device = pick_device(opts.device, info.local_rank)
-    precision = resolve_precision(cfg.train.precision, device).name
-    return run_memory_plan(cfg, opts, info.world_size, device, precision).to_dict()
+def nothing_to_train_report(session: Session) -> dict[str, Any]:
+    """The dry-run report when there is nothing to train: no model was built, but the
+    memory plan of the configured run still answers "will it fit"."""
+    plan = run_memory_plan(
+        session.cfg,
+        session.opts,
+        session.info.world_size,
+        session.device,
+        session.precision.name,
+    ).to_dict()
+    return {"pending": None, "new": None, "step": session.state.step, "memory_plan": plan}
 
 
 def estimate_run(

@@ -131,8 +131,10 @@ class Session:
             early_plan = run_on_rank0(info, lambda: self._plan_new(ident, self.state.step))
             if early_plan is None:
                 if opts.dry_run:
+                    from allllm.train.estimate import nothing_to_train_report
+
                     self.result.status = "dry-run"
-                    self.result.plan = {"pending": None, "new": None, "step": self.state.step}
+                    self.result.plan = nothing_to_train_report(self)
                 if fill:
                     self._matrix_row(self._model(start))
                 return self._finish()

@@ -124,6 +124,14 @@ def test_a_killed_rank_then_a_one_process_rerun_finishes_only_the_rest(
     done = _layout(root / "data")
     assert set(done) < set(reference)  # some shards made it, complete; none is wrong
     assert all(reference[i] == v for i, v in done.items())
+    # status shows the whole job: what is done, and that no rank runs it now
+    cmd = [sys.executable, "-m", "allllm", "status", "--model", "m", "--json"]
+    status = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=_env())
+    job = json.loads(status.stdout)["tokenize_job"]
+    assert job["job"] == "arr" and not job["running"] and job["ranks_alive"] == []
+    assert (job["jobs"], job["jobs_done"]) == (len(reference), len(done))
+    assert 0 < job["bytes_done"] < job["bytes"]
+    assert any("tokenize job arr has work left" in n for n in json.loads(status.stdout)["notes"])
     rerun = _cli(root, "--json")
     assert rerun.returncode == 0, rerun.stderr
     assert _layout(root / "data") == reference
@@ -267,7 +275,9 @@ def test_later_parts_of_a_superseding_source_wait_for_its_first() -> None:
     assert deps == {1: {0}, 2: {0}}
 
 
-def test_spawned_workers_on_one_machine_equal_one_process(tmp_path: Path, reference: dict) -> None:
+def test_spawned_workers_on_one_machine_equal_one_process(
+    tmp_path: Path, reference: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
     root = _workspace(tmp_path / "ws")
     proc = _cli(root, "--workers", "2", "--json")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -275,6 +285,28 @@ def test_spawned_workers_on_one_machine_equal_one_process(tmp_path: Path, refere
     summary = json.loads(proc.stdout)
     assert len(summary["shards"]) == len(reference)
     assert not list((root / "data" / ".allllm" / "plans").iterdir())  # rank 0 cleaned up
+    # the library call, redone: rank 0's bars end at every rank's bytes, not only its own
+    from allllm.config import load_config
+    from allllm.data.tokenize.local_workers import tokenize_with_workers
+    from allllm.data.tokenize.summary import NoProgress
+
+    class Bars(NoProgress):
+        total = own = others = 0
+
+        def begin(self, total_bytes: int, n_shards: int) -> None:
+            self.total = total_bytes
+
+        def advance(self, nbytes: int, ntokens: int) -> None:
+            self.own += nbytes
+
+        def advance_others(self, nbytes: int, ntokens: int) -> None:
+            self.others += nbytes
+
+    monkeypatch.chdir(root)
+    bars = Bars()
+    tokenize_with_workers(load_config(model="m"), 2, force=True, progress=bars)
+    assert bars.total > 0 and bars.own + bars.others == bars.total
+    assert _layout(root / "data") == reference
     bad = _torchrun(root, 2, "--workers", "2")
     assert bad.returncode != 0 and "--workers 2 with torchrun ranks" in bad.stderr
 
@@ -304,3 +336,54 @@ def test_a_joining_rank_waits_for_an_owner_that_has_not_beaten_yet(tmp_path: Pat
         owner.kill()
         owner.wait()
     assert not shared._others_alive()  # the owner is gone: the joiner stops in one line
+
+
+def test_rank_zero_shows_the_other_ranks_bytes_as_they_go(tmp_path: Path) -> None:
+    """Each rank publishes its bytes; rank 0 adds the others' to its overall bar as they
+    come (not only when their shard jobs end), never past the total."""
+    from types import SimpleNamespace
+
+    from allllm.data.tokenize.group_progress import RankProgress
+    from allllm.data.tokenize.summary import NoProgress
+
+    class Bars(NoProgress):
+        def __init__(self) -> None:
+            self.own = self.others = self.other_tokens = 0
+
+        def advance(self, nbytes: int, ntokens: int) -> None:
+            self.own += nbytes
+
+        def advance_others(self, nbytes: int, ntokens: int) -> None:
+            self.others += nbytes
+            self.other_tokens += ntokens
+
+    now = [0.0]
+
+    def rank(r: int, bars: NoProgress) -> RankProgress:
+        world = SimpleNamespace(rank=r, world_size=3)
+        shared = SimpleNamespace(folder=tmp_path, hold=SimpleNamespace(world=world))
+        return RankProgress(bars, shared, publish=True, gather=r == 0, clock=lambda: now[0])
+
+    bars = Bars()
+    zero, one, two = rank(0, bars), rank(1, NoProgress()), rank(2, NoProgress())
+    zero.begin(1000, 4)
+    one.advance(100, 10)  # the first advance publishes; later ones wait PUBLISH_S
+    one.advance(50, 5)
+    two.advance(30, 3)
+    zero.advance(20, 2)
+    assert (bars.own, bars.others, bars.other_tokens) == (20, 130, 13)
+    now[0] += 2.0
+    one.advance(0, 0)  # publishes 150
+    zero.advance(0, 0)
+    assert bars.others == 180
+    zero.done_elsewhere(400)  # a finished job counts whole, even before its rank's file says so
+    assert bars.others == 400
+    one.advance(900, 90)
+    one.end_shard()
+    now[0] += 2.0
+    zero.end()
+    assert bars.own + bars.others == 1000  # clamped at the total
+    # a torn file counts as nothing, and nothing goes backwards
+    (tmp_path / "progress-1.json").write_text("{")
+    zero.poll(force=True)
+    assert bars.own + bars.others == 1000

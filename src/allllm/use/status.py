@@ -37,6 +37,9 @@ Report keys (all always present):
   ``pass`` (1-based), ``drawn`` (rows of this pass drawn), ``left`` (rows left in it)}; anchor
   shards in the data dir are also in ``shards`` with ``anchor_only``
 - ``journaled``: stems a tokenize is writing or left after a crash
+- ``tokenize_job``: null or a tokenize job that runs or stopped with work left
+  (``data/tokenize/group_progress.py`` ``job_overview``: ``job``, ``running``,
+  ``ranks_alive``, ``jobs``, ``jobs_done``, ``bytes``, ``bytes_done``)
 - ``notes``: plain sentences (no data dir, no checkpoints yet, tokenizer unverified, ...)
 """
 
@@ -46,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from allllm.data.registry import STATES, ScanSpec, ShardEntry, TokenizerIdentity, scan_shards
 from allllm.data.seen import SeenMap, load_seen, reconcile, seen_path
+from allllm.data.tokenize.group_progress import job_overview
 from allllm.data.valsplit import split_sizes
 from allllm.errors import AllllmError
 
@@ -202,6 +206,20 @@ def _totals(shards: list[dict[str, Any]], entries: list[ShardEntry]) -> dict[str
     return t
 
 
+def _tokenize_job_note(job: dict[str, Any]) -> str:
+    done = (
+        f"{job['jobs_done']} of {job['jobs']} shard jobs done, "
+        f"{job['bytes_done'] / 1e6:.1f} of {job['bytes'] / 1e6:.1f} MB"
+    )
+    if job["running"]:
+        ranks = ", ".join(map(str, job["ranks_alive"]))
+        return f"tokenize job {job['job']} is running (ranks alive: {ranks}): {done}"
+    return (
+        f"tokenize job {job['job']} has work left and no rank running: {done} — run its "
+        "remaining tasks, or `allllm tokenize` to finish the rest"
+    )
+
+
 def _notes_for_scan(report: dict[str, Any], entries: list[ShardEntry], trust: bool) -> list[str]:
     notes = []
     states = report["totals"]["states"]
@@ -215,6 +233,9 @@ def _notes_for_scan(report: dict[str, Any], entries: list[ShardEntry], trust: bo
             f"{states['missing']} seen shard(s) have no files any more (trained on, then deleted "
             "or moved out of the data dir)"
         )
+    job = report["tokenize_job"]
+    if job is not None:
+        notes.append(_tokenize_job_note(job))
     if report["journaled"]:
         notes.append(
             f"{len(report['journaled'])} stem(s) are being written by a tokenize or were left by a "
@@ -296,6 +317,7 @@ def build_status(
         "forgetting": None,
         "anchor": None,
         "journaled": result.journaled,
+        "tokenize_job": job_overview(data_dir) if has_data else None,
         "notes": notes,
     }
     if has_data and not result.shards:

@@ -95,14 +95,21 @@ class RichTokenizeProgress:
         self._file = self._task(_short(name, self._name_width), nbytes)
 
     def advance(self, nbytes: int, ntokens: int) -> None:
-        self._done += nbytes
         self._file_done += nbytes
+        self._count(nbytes, ntokens, this_file=True)
+
+    def advance_others(self, nbytes: int, ntokens: int) -> None:
+        """The other ranks' work: the overall bar only."""
+        self._count(nbytes, ntokens, this_file=False)
+
+    def _count(self, nbytes: int, ntokens: int, this_file: bool) -> None:
+        self._done += nbytes
         self._tokens += ntokens
         elapsed = max(time.perf_counter() - self._started, 1e-9)
         rate = self._done / elapsed
         if self._file is not None:
             eta = _eta(self._file_total - self._file_done, rate)
-            self._progress.update(self._file, advance=nbytes, eta=eta)
+            self._progress.update(self._file, advance=nbytes if this_file else 0, eta=eta)
         if self._overall is not None:
             self._progress.update(
                 self._overall,

@@ -24,6 +24,7 @@ from allllm.data.shard_format import bin_dtype_for, unique_stem
 from allllm.data.tokenize import journal
 from allllm.data.tokenize.encode import EncodeTimings, Pieces, StreamEncoder
 from allllm.data.tokenize.feed import SourceHasher, job_pieces, source_record
+from allllm.data.tokenize.group_progress import RankProgress
 from allllm.data.tokenize.plan import (
     ShardJob,
     TokenizePlan,
@@ -138,6 +139,13 @@ def tokenize(
                 _warn(message)
         summary.up_to_date = [display_path(s.path) for s in plan.up_to_date]
         summary.timings["plan"] = time.perf_counter() - t0
+        several = world.world_size > 1
+        progress = RankProgress(
+            progress,
+            shared,
+            publish=several,
+            gather=several and world.simultaneous and world.rank == 0,
+        )
         progress.begin(sum(j.nbytes for j in plan.jobs), len(plan.jobs))
         hasher = SourceHasher(sha256)
         runner = _JobRunner(setup, plan, summary, progress, hasher, _warn)
@@ -164,7 +172,7 @@ def tokenize(
 
 
 def _claim_and_run(
-    shared: SharedPlan, plan: TokenizePlan, runner: _JobRunner, progress: TokenizeProgress
+    shared: SharedPlan, plan: TokenizePlan, runner: _JobRunner, progress: RankProgress
 ) -> None:
     """Run every job this rank can claim, then wait for (or take over) the others' until all
     are done: a rank whose process died is replaced by whoever notices."""
@@ -180,9 +188,10 @@ def _claim_and_run(
                 counted.add(k)
         remaining = [k for k in remaining if not shared.is_done(k)]  # done stays done
         for k in set(range(len(jobs))) - set(remaining) - counted:  # done by other ranks
-            progress.advance(jobs[k].nbytes, 0)
+            progress.done_elsewhere(jobs[k].nbytes)
             counted.add(k)
         if remaining:
+            progress.poll()
             time.sleep(POLL_S)
 
 

@@ -22,13 +22,16 @@ class TokenizeProgress(Protocol):
     """What the pipeline reports while it works (the CLI draws progress bars from it).
 
     Bytes are input bytes on disk; ``advance`` counts toward the file named by the
-    latest ``begin_file`` (a shard may hold several files) and toward the total.
+    latest ``begin_file`` (a shard may hold several files) and toward the total;
+    ``advance_others`` (rank 0 of a process group) counts the other ranks' work toward
+    the total only. A progress without it gets those bytes through ``advance``.
     """
 
     def begin(self, total_bytes: int, n_shards: int) -> None: ...
     def begin_shard(self, name: str, nbytes: int) -> None: ...
     def begin_file(self, name: str, nbytes: int) -> None: ...
     def advance(self, nbytes: int, ntokens: int) -> None: ...
+    def advance_others(self, nbytes: int, ntokens: int) -> None: ...
     def end_shard(self) -> None: ...
     def end(self) -> None: ...
 
@@ -47,6 +50,9 @@ class NoProgress:
         pass
 
     def advance(self, nbytes: int, ntokens: int) -> None:
+        pass
+
+    def advance_others(self, nbytes: int, ntokens: int) -> None:
         pass
 
     def end_shard(self) -> None:

@@ -344,4 +344,5 @@ def test_an_id_out_of_range_aborts_the_shard(
         patch.setattr(TokenizerManager, "encode_batch_arrays", arrays)
         tokenize(cfg)
     assert err.value.one_line().startswith(expected)
+    assert gc.isenabled()  # the encoder's pause of the cyclic GC ended with the error
     assert_nothing_lost(cfg, before, tok)

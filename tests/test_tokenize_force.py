@@ -201,7 +201,7 @@ class _Killer:
 
         monkeypatch.setattr(pathlib.Path, "unlink", unlink)
         monkeypatch.setattr(rebuilt.journal, "begin", begin)
-        monkeypatch.setattr("allllm.data.tokenize.run.settle", settle)
+        monkeypatch.setattr("allllm.data.tokenize.jobs.settle", settle)
 
     def tick(self) -> None:
         if self.active and not self.dead:

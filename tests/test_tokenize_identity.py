@@ -166,3 +166,43 @@ def test_cyclic_gc_is_paused_while_encoding_and_restored(
     finally:
         gc.enable()
         gc.callbacks.pop()
+
+
+def test_the_next_job_encodes_while_a_shard_is_finished(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lookahead across shard jobs: job k+1's first batches are queued before job k's
+    shard is finished, shards are still begun one after the other, and a lookahead that
+    fails leaves the job to its own run — the shards are the same either way."""
+    from allllm.data.tokenize.write import ShardWriter
+
+    for k in range(3):
+        write_raw(f"f{k}.txt", real_text(6000, start=k))
+    cfg = make_config(TokenizerConfig(backend="byte"), pack_below_bytes=0)
+    events: list[str] = []
+    real_start, real_finish = StreamEncoder.start, ShardWriter.finish
+    fail_once = [False]
+
+    def start(self: StreamEncoder, feed: Any, pool: Any) -> None:
+        if fail_once[0]:
+            fail_once[0] = False
+            raise OSError("lookahead read failed")
+        events.append("ahead")
+        real_start(self, feed, pool)
+
+    def finish(self: ShardWriter, **kw: Any) -> Any:
+        events.append("finish")
+        return real_finish(self, **kw)
+
+    monkeypatch.setattr(StreamEncoder, "start", start)
+    monkeypatch.setattr(ShardWriter, "finish", finish)
+    first = tokenize(cfg, batch_chars=1000, segment_chars=256)
+    assert events == ["ahead", "finish", "ahead", "finish", "finish"]
+    tok = TokenizerManager.from_config(cfg.tokenizer)
+    ids = {s.stem: s.ids.tolist() for s in check_all(cfg.data_dir, cfg, tok)}
+    events.clear()
+    fail_once[0] = True
+    again = tokenize(cfg, batch_chars=1000, segment_chars=256, force=True)
+    assert events == ["finish", "ahead", "finish", "finish"]  # job 2 ran from its start
+    assert sorted(again.unchanged) == sorted(s.stem for s in first.shards)  # the same shards
+    assert {s.stem: s.ids.tolist() for s in check_all(cfg.data_dir, cfg, tok)} == ids

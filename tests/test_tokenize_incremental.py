@@ -12,7 +12,7 @@ import pytest
 from allllm.config import Config, TokenizerConfig
 from allllm.data import raw
 from allllm.data.shard_format import ShardMeta, TokenizerInfo, read_meta
-from allllm.data.tokenize import run as tokenize_module
+from allllm.data.tokenize import jobs as tokenize_module
 from allllm.data.tokenize.plan import ExistingShard, live_shards, source_stem
 from allllm.data.tokenize.run import tokenize
 from allllm.tokenizer.manager import TokenizerManager

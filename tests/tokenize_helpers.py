@@ -242,7 +242,7 @@ def snapshot(folder: Path) -> dict[str, str]:
 
 def spy_on_encoder(monkeypatch: Any) -> list[str]:
     """Make ``tokenize`` record every text it hands the backend, in stream order."""
-    from allllm.data.tokenize import run as tokenize_module
+    from allllm.data.tokenize import jobs as tokenize_module
     from allllm.data.tokenize.encode import StreamEncoder
 
     texts: list[str] = []

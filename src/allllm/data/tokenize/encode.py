@@ -23,99 +23,25 @@ encoding it whole) — or, for a backend that can never be cut (SentencePiece), 
 from __future__ import annotations
 
 import array
+import contextlib
 import gc
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
+from allllm.data.tokenize.pieces import Batch, Document, EncodedChunk, EncodeTimings, Pieces
 from allllm.errors import DataError
 from allllm.tokenizer.base import CutRule
 from allllm.util.gc_pause import gc_paused
 
+__all__ = ["EncodeTimings", "EncodedChunk", "Pieces", "StreamEncoder"]
+
 # an array typecode of 4-byte unsigned ints ("I" on every platform numpy supports, checked here)
 _U32 = next(code for code in "IL" if array.array(code).itemsize == 4)
-
-
-class Pieces(NamedTuple):
-    """Consecutive pieces of the input: the encoder's unit of work.
-
-    Piece ``i`` starts a document when ``doc_starts[i]``; it ends its document when
-    the next piece starts one, or, for the last piece, when ``open`` is False.
-    ``nbytes`` is how much input of ``source`` these pieces complete (for progress).
-    A document cut between shards (``units.work_units``): ``continues``, the first piece
-    goes on with one begun elsewhere (no BOS); ``cut``, the open one ends here, no EOS.
-    """
-
-    texts: Sequence[str]
-    doc_starts: Sequence[bool]
-    open: bool
-    nbytes: int
-    source: str = ""  # the input these pieces come from (for per-file progress)
-    continues: bool = False
-    cut: bool = False
-
-
-@dataclass
-class EncodedChunk:
-    """Ids of a run of consecutive segments, in stream order, with the input they cover."""
-
-    ids: np.ndarray  # uint32
-    progress: list[tuple[str, int]]  # (source, input bytes) these ids complete, in order
-    documents: int  # documents that ended inside this chunk (== doc_ends.size)
-    # int64 offsets in ``ids`` where those documents end (exclusive, BOS/EOS included)
-    doc_ends: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    doc_sources: list[str] = field(default_factory=list)  # the ``Pieces.source`` of each
-
-    @property
-    def bytes_done(self) -> int:
-        return sum(n for _, n in self.progress)
-
-
-@dataclass
-class EncodeTimings:
-    """Seconds per stage (the benchmark's profile; also in ``tokenize --json``): CPU seconds
-    of the thread doing the work where stages share the cores with the encoder (so
-    contention does not inflate them), wall seconds for the encoder itself."""
-
-    read: float = 0.0  # CPU: reading and decoding the input (the raw reader)
-    cut: float = 0.0  # CPU: finding safe cut points, assembling batches
-    encode: float = 0.0  # wall: inside the backend's batch call (worker thread)
-    convert: float = 0.0  # CPU: lists -> one uint32 array, BOS/EOS inserted (worker thread)
-    wait: float = 0.0  # wall: the main thread idle, waiting for the encoder
-
-
-@dataclass
-class _Document:
-    """The buffered, not yet encoded text of the current document."""
-
-    parts: list[str] = field(default_factory=list)
-    length: int = 0
-    first: bool = True  # the buffer starts the document (gets BOS)
-    source: str = ""  # the input it comes from (``Pieces.source``)
-    searched: int = 0  # no safe cut before this buffer position
-    forcing: bool = False  # no safe cut for max_document_chars: cut at fixed lengths
-
-
-@dataclass
-class _Batch:
-    texts: list[str] = field(default_factory=list)
-    bos: list[bool] = field(default_factory=list)  # put BOS before text i
-    eos: list[bool] = field(default_factory=list)  # put EOS after text i
-    ends: list[bool] = field(default_factory=list)  # text i ends its document
-    doc_sources: list[str] = field(default_factory=list)  # per document ended: its source
-    chars: int = 0
-    progress: list[tuple[str, int]] = field(default_factory=list)
-
-    def add_progress(self, source: str, nbytes: int) -> None:
-        if self.progress and self.progress[-1][0] == source:
-            self.progress[-1] = (source, self.progress[-1][1] + nbytes)
-        else:
-            self.progress.append((source, nbytes))
 
 
 class StreamEncoder:
@@ -167,34 +93,84 @@ class StreamEncoder:
         self._forced_cut_warned = False
         self.timings = EncodeTimings()
         self.workers = max(1, workers)  # batches encoded at once, each by one backend call
+        self._pool: ThreadPoolExecutor | None = None
+        self._source: Iterator[Batch] = iter(())
+        self._inflight: deque[tuple[Future, Batch]] = deque()
+        self._submitted = 0
+        self.started = False  # :meth:`start` began the input ahead of :meth:`encode`
 
     # -- public -----------------------------------------------------------------------------------
-    def encode(self, feed: Iterable[Pieces]) -> Iterator[EncodedChunk]:
+    def encode(
+        self,
+        feed: Iterable[Pieces] | None = None,
+        *,
+        pool: ThreadPoolExecutor | None = None,
+        on_fed: Callable[[], None] | None = None,
+    ) -> Iterator[EncodedChunk]:
         """Yield encoded chunks in input order while the next batch is being prepared.
+
+        ``feed``: the input, unless :meth:`start` began it already. ``pool``: encoder
+        threads shared across shard jobs (else a pool of ``workers`` for this call).
+        ``on_fed`` is called once the last batch is submitted, before the last results
+        are collected: the caller starts the next job then (:meth:`start`), so the pool
+        never idles while this job's tail is encoded and its shard finished.
 
         The cyclic garbage collector is paused meanwhile (``gc_pause``) and run every
         ``GC_EVERY_BATCHES`` batches instead: every short document makes a string and a
         list of ids, and the collections they trigger find nothing.
         """
-        workers = self.workers
-        with (
-            gc_paused() as gc_was_enabled,
-            ThreadPoolExecutor(workers, thread_name_prefix="allllm-encode") as pool,
-        ):
-            inflight: deque[tuple[Future, _Batch]] = deque()
-            for n, batch in enumerate(self._batches(feed), start=1):
-                inflight.append((pool.submit(self._encode, batch), batch))
-                if gc_was_enabled and n % self.GC_EVERY_BATCHES == 0:
+        if feed is not None:
+            self._source = self._batches(feed)
+        with contextlib.ExitStack() as stack:
+            gc_was_enabled = stack.enter_context(gc_paused())
+            if self._pool is None:
+                if pool is None:  # this call's own threads, gone when it ends
+                    pool = ThreadPoolExecutor(self.workers, thread_name_prefix="allllm-encode")
+                    stack.enter_context(pool)
+                    stack.callback(setattr, self, "_pool", None)
+                self._pool = pool
+            limit = 2 * self.workers
+            for batch in self._source:
+                self._submit(batch)
+                if gc_was_enabled and self._submitted % self.GC_EVERY_BATCHES == 0:
                     gc.collect()
-                if len(inflight) >= 2 * workers:
-                    yield self._collect(*inflight.popleft())
-            while inflight:
-                yield self._collect(*inflight.popleft())
+                if len(self._inflight) >= limit:
+                    yield self._collect(*self._inflight.popleft())
+            if on_fed is not None:
+                on_fed()
+            while self._inflight:
+                yield self._collect(*self._inflight.popleft())
+
+    def start(self, feed: Iterable[Pieces], pool: ThreadPoolExecutor) -> None:
+        """Begin ``feed`` ahead of :meth:`encode`: assemble its first ``2 × workers - 1``
+        batches and queue them on ``pool`` behind the work already there."""
+        self._pool = pool
+        self._source = self._batches(feed)
+        self.started = True
+        with gc_paused():
+            while len(self._inflight) < 2 * self.workers - 1:
+                batch = next(self._source, None)
+                if batch is None:
+                    self._source = iter(())
+                    break
+                self._submit(batch)
+
+    def cancel(self) -> None:
+        """Drop what :meth:`start` queued (results never collected)."""
+        for future, _batch in self._inflight:
+            future.cancel()
+        self._inflight.clear()
+        self._source = iter(())
+
+    def _submit(self, batch: Batch) -> None:
+        assert self._pool is not None
+        self._inflight.append((self._pool.submit(self._encode, batch), batch))
+        self._submitted += 1
 
     # -- batching (main thread) -------------------------------------------------------------------
-    def _batches(self, feed: Iterable[Pieces]) -> Iterator[_Batch]:
-        batch = _Batch()
-        doc: _Document | None = None  # the open document, if any
+    def _batches(self, feed: Iterable[Pieces]) -> Iterator[Batch]:
+        batch = Batch()
+        doc: Document | None = None  # the open document, if any
         has_bos, has_eos = self._bos is not None, self._eos is not None
         clock = time.thread_time
         items = iter(feed)
@@ -225,7 +201,7 @@ class StreamEncoder:
                     if starts[i] or doc is None:
                         if doc is not None:  # a reader always ends its documents; still, keep text
                             self._end_document(batch, doc)
-                        doc = _Document(
+                        doc = Document(
                             source=pieces.source, first=not (i == 0 and pieces.continues)
                         )
                     if text:
@@ -243,13 +219,13 @@ class StreamEncoder:
             self.timings.cut += clock() - t1
             if batch.chars >= self._batch_chars:
                 yield batch
-                batch = _Batch()
+                batch = Batch()
         if doc is not None:
             self._end_document(batch, doc)
         if batch.texts or batch.progress:
             yield batch
 
-    def _emit_heads(self, batch: _Batch, doc: _Document) -> None:
+    def _emit_heads(self, batch: Batch, doc: Document) -> None:
         for head in self._cut_heads(doc):
             batch.texts.append(head)
             batch.bos.append(doc.first and self._bos is not None)
@@ -258,7 +234,7 @@ class StreamEncoder:
             batch.chars += len(head)
             doc.first = False
 
-    def _end_document(self, batch: _Batch, doc: _Document, eos: bool = True) -> None:
+    def _end_document(self, batch: Batch, doc: Document, eos: bool = True) -> None:
         text = "".join(doc.parts)
         batch.texts.append(text)
         batch.bos.append(doc.first and self._bos is not None)
@@ -267,7 +243,7 @@ class StreamEncoder:
         batch.doc_sources.append(doc.source)
         batch.chars += len(text)
 
-    def _cut_heads(self, doc: _Document) -> list[str]:
+    def _cut_heads(self, doc: Document) -> list[str]:
         """Split whole segments off the buffered document at safe cuts; keep the tail buffered.
 
         A head ends at the last safe cut within one segment length, or else at the last
@@ -320,7 +296,7 @@ class StreamEncoder:
         return heads
 
     # -- encoding (worker thread) -----------------------------------------------------------------
-    def _encode(self, batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
+    def _encode(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """(the batch's ids with BOS/EOS, the offsets in them where its documents end)."""
         t0 = time.perf_counter()
         long_texts = batch.chars >= self.ARRAY_MIN_CHARS * len(batch.texts)
@@ -346,7 +322,7 @@ class StreamEncoder:
         return ids, doc_ends
 
     @staticmethod
-    def _flatten(batch: _Batch, results: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    def _flatten(batch: Batch, results: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
         """Each text's ids (arrays or lists) as one uint32 array, and the count per text."""
         if len(results) != len(batch.texts):
             raise RuntimeError(
@@ -361,7 +337,7 @@ class StreamEncoder:
         return np.frombuffer(buf, dtype=np.uint32), lens
 
     def _add_specials(
-        self, batch: _Batch, flat: np.ndarray, lens: np.ndarray
+        self, batch: Batch, flat: np.ndarray, lens: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """``flat`` with BOS before and EOS after each text where the batch asks for them, and
         the offsets in the result where the batch's documents end (after their EOS)."""
@@ -392,7 +368,7 @@ class StreamEncoder:
         return out, ends[doc_end]
 
     # -- results (main thread) --------------------------------------------------------------------
-    def _collect(self, future: Future, batch: _Batch) -> EncodedChunk:
+    def _collect(self, future: Future, batch: Batch) -> EncodedChunk:
         t0 = time.perf_counter()
         ids, doc_ends = future.result()
         self.timings.wait += time.perf_counter() - t0

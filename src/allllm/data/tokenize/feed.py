@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from allllm.data.tokenize.encode import Pieces
+from allllm.data.tokenize.pieces import Pieces
 from allllm.data.tokenize.plan import ShardJob, WorkItem, display_path
 
 if TYPE_CHECKING:

@@ -303,6 +303,7 @@ def test_spawned_workers_on_one_machine_equal_one_process(
             self.others += nbytes
 
     monkeypatch.chdir(root)
+    monkeypatch.setenv("RAYON_NUM_THREADS", "1")  # set by tokenize_with_workers: undone after
     bars = Bars()
     tokenize_with_workers(load_config(model="m"), 2, force=True, progress=bars)
     assert bars.total > 0 and bars.own + bars.others == bars.total

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -237,6 +238,11 @@ def tokenize_cmd(
         "warn": warn,
         "num_threads": threads,
     }
+    if workers == 1 and (threads or world.local_size > 1):
+        # ranks of one machine split its cores; HF tokenizers' Rust pool is sized by env
+        from allllm.data.tokenize.local_workers import encoder_threads_env
+
+        encoder_threads_env(threads or max(1, (os.cpu_count() or 1) // world.local_size))
     if workers > 1:
         from allllm.data.tokenize.local_workers import tokenize_with_workers
 

@@ -6,7 +6,8 @@ ranks would run: one plan, jobs claimed by whoever is free, and reading, renderi
 hashing and writing inside every worker — so the serial share of the main process no
 longer caps the speed-up. Workers are *spawned*, never forked (a fork after a
 tokenizer's thread pool started can deadlock), and split the cores
-(``cores // N`` encoder threads each unless ``num_threads`` says otherwise).
+(``cores // N`` encoder threads each unless ``num_threads`` says otherwise; for Hugging
+Face tokenizers through ``RAYON_NUM_THREADS``, set in each process unless the user set it).
 """
 
 from __future__ import annotations
@@ -23,15 +24,27 @@ if TYPE_CHECKING:
     from allllm.config import Config
     from allllm.data.tokenize.summary import TokenizeSummary
 
-__all__ = ["tokenize_with_workers"]
+__all__ = ["encoder_threads_env", "tokenize_with_workers"]
 
 
 def _world(rank: int, size: int, job: str) -> World:
     return World(rank, size, job, "workers", True, socket.gethostname(), os.getpid(), size)
 
 
+def encoder_threads_env(threads: int) -> None:
+    """Size Hugging Face tokenizers' Rust pool (``RAYON_NUM_THREADS``) for this process,
+    unless the user did: it is fixed when first used, so set before any encoding. A pool
+    of one thread still takes the batch path, ~25% cheaper than a call per text."""
+    os.environ.setdefault("RAYON_NUM_THREADS", str(max(1, threads)))
+
+
+def _threads(workers: int, kwargs: dict[str, Any]) -> int:
+    return kwargs.get("num_threads") or max(1, (os.cpu_count() or 1) // workers)
+
+
 def _worker(cfg: Config, rank: int, size: int, job: str, kwargs: dict[str, Any]) -> None:
     """A spawned rank: quiet; its part reaches rank 0 through the job's summary files."""
+    encoder_threads_env(_threads(size, kwargs))  # before anything loads a tokenizer
     from allllm.data.tokenize.run import tokenize
     from allllm.errors import AllllmError
 
@@ -50,6 +63,7 @@ def tokenize_with_workers(cfg: Config, workers: int, **kwargs: Any) -> TokenizeS
         raise ValueError("workers must be at least 1")
     if workers == 1:
         return tokenize(cfg, **kwargs)
+    encoder_threads_env(_threads(workers, kwargs))  # this process is rank 0
     job = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     quiet = {k: v for k, v in kwargs.items() if k not in ("progress", "warn")}
     ctx = multiprocessing.get_context("spawn")

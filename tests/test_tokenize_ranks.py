@@ -302,11 +302,20 @@ def test_spawned_workers_on_one_machine_equal_one_process(
         def advance_others(self, nbytes: int, ntokens: int) -> None:
             self.others += nbytes
 
+    import allllm.data.tokenize.jobs as jobs
+
+    real_run = jobs.JobRunner.run
+
+    def slow_run(self: Any, job: Any, on_fed: Any = None) -> None:
+        time.sleep(1.5)  # rank 0 only (the spawned rank is not patched): rank 1 gets jobs
+        real_run(self, job, on_fed)
+
+    monkeypatch.setattr(jobs.JobRunner, "run", slow_run)
     monkeypatch.chdir(root)
     monkeypatch.setenv("RAYON_NUM_THREADS", "1")  # set by tokenize_with_workers: undone after
     bars = Bars()
     tokenize_with_workers(load_config(model="m"), 2, force=True, progress=bars)
-    assert bars.total > 0 and bars.own + bars.others == bars.total
+    assert bars.total > 0 and bars.others > 0 and bars.own + bars.others == bars.total
     assert _layout(root / "data") == reference
     bad = _torchrun(root, 2, "--workers", "2")
     assert bad.returncode != 0 and "--workers 2 with torchrun ranks" in bad.stderr

@@ -529,7 +529,7 @@ def test_one_hf_thread_takes_the_batch_path_when_rayon_has_one(
     hf_tokenizer_config: TokenizerConfig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A worker with one encoder thread sizes HF's Rust pool to one (RAYON_NUM_THREADS,
-    unless the user set it) and then uses the batch call: same ids, ~25% less CPU than
+    unless the user set it) and then uses the batch call: same ids, ~22% less CPU than
     a call per text."""
     from allllm.data.tokenize.local_workers import encoder_threads_env
 

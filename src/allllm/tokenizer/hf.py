@@ -225,7 +225,7 @@ class HFTokenizer(TokenizerBackend):
 
     def set_num_threads(self, n: int) -> None:
         """1: encode in the calling thread — through the batch call when the library's Rust
-        pool has one thread (``RAYON_NUM_THREADS=1``: ~25% less CPU than a call per
+        pool has one thread (``RAYON_NUM_THREADS=1``: ~22% less CPU than a call per
         text). More: that pool, whose size is fixed when it first starts
         (``RAYON_NUM_THREADS``, default all cores)."""
         self._sequential = n <= 1 and os.environ.get("RAYON_NUM_THREADS") != "1"
